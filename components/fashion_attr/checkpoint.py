@@ -1,0 +1,87 @@
+"""Checkpoints and exported artifacts: atomic writes, ``weights_only`` loads.
+
+A training checkpoint holds everything needed to continue exactly where a
+preempted run stopped: model, optimizer, scheduler, step, loader position,
+hard-label memory and every RNG state. It is one object written atomically
+(local: temp file + rename; S3: a single PutObject), so a process killed while
+writing leaves the previous checkpoint intact.
+
+Every load uses ``torch.load(..., weights_only=True)``: a checkpoint or model
+file is data, never code. A crafted pickle that tries to run code is refused
+with :class:`UnsafeArtifactError`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from typing import Any
+
+import torch
+
+from fashion_attr import storage
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "UnsafeArtifactError",
+    "capture_rng",
+    "load_artifact",
+    "restore_rng",
+    "save_artifact",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class UnsafeArtifactError(RuntimeError):
+    """A file holds more than tensors and plain containers (refused by weights_only)."""
+
+
+def save_artifact(uri: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """Serialise ``obj`` (tensors, numbers, strings, lists, dicts) atomically to ``uri``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def load_artifact(uri: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
+    """Load an object saved by :func:`save_artifact`, refusing anything but plain data.
+
+    Raises:
+        FileNotFoundError: if ``uri`` does not exist.
+        UnsafeArtifactError: if the file holds objects that weights_only refuses.
+    """
+    data = storage.read_bytes(uri)
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeArtifactError(
+            f"{uri}: refused to load: it holds objects other than tensors and plain containers "
+            f"(torch.load weights_only=True said: {str(exc).splitlines()[0]}). Fix: only load "
+            "artifacts written by this pipeline; re-export the model from its checkpoint"
+        ) from exc
+
+
+def capture_rng(*generators: torch.Generator) -> dict[str, Any]:
+    """Snapshot the global torch RNGs (CPU, and CUDA where present) plus given generators."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state["generators"] = [g.get_state() for g in generators]
+    return state
+
+
+def restore_rng(state: dict[str, Any], *generators: torch.Generator) -> None:
+    """Restore what :func:`capture_rng` captured (same generators, same order)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    saved = state.get("generators", [])
+    if len(saved) != len(generators):
+        raise ValueError(
+            f"checkpoint holds {len(saved)} generator states, the run has {len(generators)}: "
+            "the checkpoint was written by a different configuration; use a fresh output URI"
+        )
+    for gen, s in zip(generators, saved, strict=True):
+        gen.set_state(s.cpu())

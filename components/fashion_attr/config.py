@@ -1,0 +1,350 @@
+"""Configuration as data: one frozen pydantic model per pipeline step.
+
+A step's configuration is resolved in this order, later winning:
+
+1. the model's defaults,
+2. a named preset shipped with the package (``presets/<name>.yaml``; section
+   per step: ``train_gan``, ``train_classifier``, ``evaluate``, ``register``),
+3. a user YAML file (``--config``; same layout as a preset, or the step's
+   section alone),
+4. ``--set key=value`` overrides (dotted keys into nested models; values
+   parsed as YAML, so ``--set deact.enabled=false`` and ``--set lr=1e-3`` work).
+
+Unknown keys and wrong types fail before any work, with a message naming the
+field and the allowed values. The resolved config is saved next to every
+output (checkpoints, exported models), so each artifact says how it was made.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "PRESETS",
+    "ClassifierConfig",
+    "ConfigError",
+    "DeactConfig",
+    "EvaluateConfig",
+    "GanConfig",
+    "LossConfig",
+    "PreprocessConfig",
+    "RegisterConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+PRESETS = ("tiny", "mnist", "paper", "paper-cb")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class PreprocessConfig(_Frozen):
+    """``preprocess``: validate, crop and shard DeepFashion-C (the ingest step)."""
+
+    image_size: int = Field(224, ge=8, description="Side of the stored crops (px).")
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    shard_max_samples: int = Field(1000, ge=1)
+    shard_max_bytes: int = Field(64 << 20, ge=1 << 16)
+    workers: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class GanConfig(_Frozen):
+    """``train_gan``: the conditional MR-GAN with decorrelation (method.md section 4)."""
+
+    image_size: int = Field(224, ge=8, description="Highest pyramid resolution (px).")
+    base_size: int = Field(7, ge=2, description="Lowest pyramid resolution (px).")
+    z_dim: int = Field(128, ge=1, description="Noise dimensions N_Z.")
+    top_channels: int = Field(32, ge=1, description="Channels at image_size; doubled per halving.")
+    max_channels: int = Field(512, ge=1, description="Channel cap.")
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(30, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (tests).")
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    dc_weight: float = Field(2e-6, ge=0, description="Decorrelation loss weight; 0 turns it off.")
+    ema: bool = Field(False, description="Keep an EMA copy of G and export it.")
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    sigma_p: float = Field(1.5, ge=0, description="Perturbation shown in the 'bad' sample grid.")
+    checkpoint_every: int = Field(
+        200, ge=1, description="Checkpoint every N steps (and per epoch)."
+    )
+    sample_grid_every_epoch: bool = True
+    num_workers: int = Field(2, ge=0)
+    precision: Precision = "auto"
+    channels_last: bool = True
+    device: Device = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _pyramid(self) -> GanConfig:
+        size = self.base_size
+        while size < self.image_size:
+            size *= 2
+        if size != self.image_size:
+            raise ValueError(
+                f"image_size={self.image_size} must be base_size={self.base_size} times a power "
+                "of two (e.g. 7 -> 224, 7 -> 28, 4 -> 32)"
+            )
+        return self
+
+
+class LossConfig(_Frozen):
+    """Loss selection for the real batches (method.md sections 1-2)."""
+
+    name: Literal["ce", "focal", "weighted_focal", "ohem", "wce_a", "wce_b", "asl", "habp"] = "habp"
+    gamma: float = Field(1.2, ge=0, description="Hardness exponent (HABP, focal).")
+    base: Literal["bce", "wce_b"] = Field(
+        "bce", description="Base loss under HABP; wce_b is the paper's class-balanced setting."
+    )
+    detach_weights: bool = True
+    ohem_ratio: float = Field(0.17, gt=0, le=1)
+    normalizer: Literal["global", "local"] = Field(
+        "global",
+        description="HABP normaliser under DDP: all-reduced over ranks (global) or per rank.",
+    )
+
+
+class DeactConfig(_Frozen):
+    """Deact: deactivation on synthetic complementary samples (method.md section 3)."""
+
+    enabled: bool = True
+    lambda_: float = Field(1e-4, ge=0, alias="lambda", description="Weight of L_SC (eq. 11).")
+    every: int = Field(20, ge=1, description="Compute L_SC every N iterations.")
+    sigma_p: float = Field(1.5, ge=0, description="Std of the generator perturbation.")
+    batch_size: int | None = Field(None, ge=1, description="Synthetic batch; default = real.")
+    threshold: float = Field(-4.6, description="T of the multi-class deactivation (eq. 6).")
+    memory_momentum: float = Field(0.5, gt=0, lt=1)
+    positives_per_image: int | None = Field(
+        None, ge=1, description="Default: train mean positives per image, rounded, >= 1."
+    )
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class ClassifierConfig(_Frozen):
+    """``train_classifier``: HABP (+ Deact with the frozen generator)."""
+
+    arch: Literal["vgg16_paper", "resnet50", "tiny", "lenet5"] = "vgg16_paper"
+    pretrained: str | None = Field(
+        "imagenet", description="'imagenet', a local weights path, or null for random init."
+    )
+    image_size: int = Field(224, ge=8)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(15, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    lr_milestones: tuple[int, ...] = Field((6, 9, 12), description="Epochs where lr /= 10.")
+    lr_gamma: float = Field(0.1, gt=0)
+    loss: LossConfig = LossConfig()
+    deact: DeactConfig = DeactConfig()
+    flip: bool = False
+    random_resized_crop: float | None = Field(None, gt=0, le=1)
+    checkpoint_every: int = Field(500, ge=1)
+    export: Literal["best", "last"] = "best"
+    select_metric: str = Field("attr_recall@3/all", description="Metric for export=best.")
+    num_workers: int = Field(4, ge=0)
+    precision: Precision = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: Device = "auto"
+    seed: int = 0
+    eval_batch_size: int = Field(64, ge=1)
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _sorted(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if list(v) != sorted(v):
+            raise ValueError("lr_milestones must be increasing epochs, e.g. [6, 9, 12]")
+        return v
+
+
+class EvaluateConfig(_Frozen):
+    """``evaluate``: test-split metrics and reports (method.md section 6)."""
+
+    batch_size: int = Field(64, ge=1)
+    tail_threshold: int = Field(100, ge=1, description="Tail = fewer train positives than this.")
+    ks: tuple[int, ...] = (3, 5)
+    num_workers: int = Field(2, ge=0)
+    device: Device = "auto"
+    split: Literal["test", "val"] = "test"
+
+
+class RegisterConfig(_Frozen):
+    """``register``: MLflow model registration and the promotion gate."""
+
+    model_name: str = Field("fashion-attr", min_length=1)
+    gate_metrics: tuple[str, ...] = (
+        "attr_recall@3/all",
+        "attr_recall@3/tail",
+        "cat_top3_acc",
+    )
+    tolerance: float = Field(0.005, ge=0, description="Allowed drop per gated metric.")
+    tie_rule: Literal["promote", "keep"] = Field(
+        "promote",
+        description="Challenger within tolerance on every metric: promote (fresher data) or keep.",
+    )
+    attribute_threshold: float = Field(0.5, gt=0, lt=1)
+    top_k: int = Field(3, ge=1)
+
+
+_SECTIONS: dict[type[BaseModel], str] = {
+    PreprocessConfig: "preprocess",
+    GanConfig: "train_gan",
+    ClassifierConfig: "train_classifier",
+    EvaluateConfig: "evaluate",
+    RegisterConfig: "register",
+}
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def _preset_data(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}. Fix: use one of {', '.join(PRESETS)}")
+    text = resources.files("fashion_attr").joinpath("presets", f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _deep_merge(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict, values parsed as YAML.
+
+    Raises:
+        ConfigError: for an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} has no '='. Fix: write it as key=value")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _section(data: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """A file may hold all step sections, or the step's section alone."""
+    if any(k in data for k in _SECTIONS.values()):
+        return dict(data.get(section) or {})
+    return dict(data)
+
+
+def _format_validation(model: type[BaseModel], err: ValidationError, source: str) -> str:
+    lines = [f"invalid {_SECTIONS.get(model, model.__name__)} config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(_allowed_fields(model, e["loc"][:-1])))
+            msg = f"unknown field. Fix: use one of: {allowed}"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        else:
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_fields(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        current = field.annotation
+    names = []
+    for name, field in current.model_fields.items():
+        names.append(field.alias or name)
+    return names
+
+
+def load_config(
+    model: type[T],
+    *,
+    preset: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> T:
+    """Resolve a step's configuration (defaults < preset < file < overrides).
+
+    Args:
+        model: the step's config class, e.g. :class:`ClassifierConfig`.
+        preset: a shipped preset name (``tiny``, ``mnist``, ``paper``, ``paper-cb``).
+        config_file: a YAML file with the step's section or all sections.
+        overrides: ``key=value`` strings (dotted keys for nested fields).
+        extra: values set by the caller (highest precedence), e.g. from CLI flags.
+
+    Returns:
+        The frozen, validated config.
+
+    Raises:
+        ConfigError: naming every bad field and what it accepts.
+    """
+    section = _SECTIONS[model]
+    data: dict[str, Any] = {}
+    sources = []
+    if preset:
+        data = _deep_merge(data, _section(_preset_data(preset), section))
+        sources.append(f"preset {preset}")
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping of fields")
+        data = _deep_merge(data, _section(loaded, section))
+        sources.append(str(path))
+    if overrides:
+        data = _deep_merge(data, parse_overrides(overrides))
+        sources.append("--set")
+    if extra:
+        data = _deep_merge(data, {k: v for k, v in extra.items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            _format_validation(model, err, " < ".join(sources) or "defaults")
+        ) from None
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    """JSON-safe dict of a config (aliases used, so it loads back with load_config)."""
+    return config.model_dump(mode="json", by_alias=True)

@@ -1,0 +1,97 @@
+"""Device, precision and distributed set-up shared by the training steps."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistContext", "autocast", "init_distributed", "resolve_device", "use_bf16"]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """Map a config device (``auto``/``cpu``/``cuda``) to a torch device.
+
+    Raises:
+        RuntimeError: if ``cuda`` is asked for and no GPU is visible.
+    """
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "device=cuda but no CUDA GPU is visible. Fix: run on a GPU node (the pipeline's "
+            "gpu node pool) or set device=auto/cpu"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: on by default on CUDA, off on CPU (where it is slow)."""
+    if precision == "bf16":
+        return True
+    return precision == "auto" and device.type == "cuda"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, enabled: bool) -> Iterator[None]:
+    """bf16 autocast on ``device`` when enabled; a no-op otherwise."""
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        yield
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a torchrun job (world size 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this rank writes shared outputs (checkpoints, exports, logs)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for all ranks (no-op for one process)."""
+        if self.initialised:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over ranks in place (no-op for one process) and return it."""
+        if self.initialised:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def close(self) -> None:
+        """Tear down the process group if this context created it."""
+        if self.initialised and dist.is_initialized():
+            dist.destroy_process_group()
+            self.initialised = False
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(minutes=30),
+        )
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, initialised=True)

@@ -1,0 +1,354 @@
+"""What each KFP component calls: the steps, plus KFP artifact bookkeeping.
+
+The KFP components in ``pipelines/components.py`` are one import and one call
+into this module, so all logic stays in the library (which never imports kfp).
+Artifacts are handled by duck typing: anything with ``.path``, ``.metadata``
+(and ``log_metric`` for metrics) works, which is what KFP passes at run time.
+
+Large outputs live in object storage under ``storage_uri``:
+
+- ``<storage_uri>/datasets/<version>/``: shard versions (shared across runs);
+- ``<storage_uri>/runs/{gan,classifier,evaluation}/<key>/``: step outputs, where
+  ``key`` hashes the step's inputs (dataset version, preset, overrides, upstream
+  URIs). A retried pod (preemption) finds its own checkpoint there and resumes;
+  a new run on new data gets a new folder; a run on unchanged inputs finds the
+  finished output (and KFP's cache, keyed on the same inputs, skips the step).
+
+The KFP artifacts carry pointers (URI + version in metadata, and a small JSON
+file), so the KFP UI shows lineage and downstream steps find the data.
+Pipeline parameters use ``"none"`` for "not set": the KFP UI rejects empty
+defaults.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlparse
+
+from fashion_attr import storage
+
+__all__ = [
+    "evaluate",
+    "optional",
+    "preprocess",
+    "register",
+    "train_classifier",
+    "train_gan",
+]
+
+DEMO_SCHEME = "demo://"
+
+
+class ArtifactLike(Protocol):
+    """The part of a KFP artifact this module uses."""
+
+    path: str
+    metadata: dict[str, Any]
+
+
+def optional(value: str | None) -> str | None:
+    """``"none"``/``""`` (KFP UI-friendly "unset") -> None."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text.lower() in ("", "none", "null") else text
+
+
+def _overrides(text: str | None) -> list[str]:
+    """Overrides as a JSON list (``'["lr=0.1"]'``) or comma/newline-separated ``k=v``."""
+    text = optional(text)
+    if not text:
+        return []
+    if text.startswith("["):
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"overrides {text!r} must be a JSON list of 'key=value' strings")
+        return items
+    return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
+
+
+def _point(artifact: ArtifactLike | None, **meta: Any) -> None:
+    """Record a pointer to storage in a KFP artifact (metadata + JSON file)."""
+    if artifact is None:
+        return
+    artifact.metadata.update({k: v for k, v in meta.items() if v is not None})
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(meta, indent=1, default=str))
+
+
+def _uri_of(artifact: ArtifactLike) -> str:
+    uri = artifact.metadata.get("uri")
+    if not uri:
+        uri = json.loads(Path(artifact.path).read_text())["uri"]
+    return str(uri)
+
+
+def _output(storage_uri: str, step: str, **inputs: Any) -> str:
+    """The output folder of a step: a hash of everything that determines its result."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    return storage.join(storage_uri, "runs", step, key)
+
+
+def resolve_source(source_uri: str) -> str:
+    """A DeepFashion-C root; ``demo://?images=N&seed=S`` generates the demo dataset.
+
+    The demo is deterministic by seed, so every part of a fanned-out ingest
+    generates the same images.
+    """
+    if not source_uri.startswith(DEMO_SCHEME):
+        return source_uri
+    from fashion_attr.data.demo import generate_demo_dataset
+
+    query = parse_qs(urlparse(source_uri).query)
+    images = int(query.get("images", ["600"])[0])
+    seed = int(query.get("seed", ["0"])[0])
+    root = Path(tempfile.gettempdir()) / f"fashion-attr-demo-{images}-{seed}"
+    if not (root / "Eval" / "list_eval_partition.txt").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="demo-", dir=root.parent))
+        generate_demo_dataset(tmp, images=images, seed=seed)
+        # Another part may have generated it first: same seed, same content.
+        with contextlib.suppress(OSError):
+            os.replace(tmp, root)
+    return str(root)
+
+
+def preprocess(
+    *,
+    source_uri: str,
+    storage_uri: str,
+    preset: str,
+    part: int,
+    parts: int | Sequence[int],
+    batch_uri: str = "none",
+    base_version: str = "none",
+    workers: int = 1,
+    merge: bool = False,
+    dataset: ArtifactLike | None = None,
+) -> tuple[str, str]:
+    """Ingest one part (``merge=False``) or publish the version (``merge=True``).
+
+    Returns:
+        ``(dataset version URI, version id)``.
+    """
+    from fashion_attr.config import PreprocessConfig, load_config
+    from fashion_attr.data.ingest import run_preprocess
+
+    if not isinstance(parts, int):
+        # The pipeline passes its ParallelFor list of part indices; its length is the count.
+        parts = len(list(parts))
+    cfg = load_config(PreprocessConfig, preset=optional(preset))
+    dest = storage.join(storage_uri, "datasets")
+    batch = optional(batch_uri)
+    base = optional(base_version)
+    if batch and not base:
+        raise ValueError("batch_uri is set but base_version is 'none'. Fix: name the base version")
+    kwargs: dict[str, Any] = {
+        "image_size": cfg.image_size if not base else None,
+        "jpeg_quality": cfg.jpeg_quality if not base else None,
+        "shard_max_samples": cfg.shard_max_samples,
+        "shard_max_bytes": cfg.shard_max_bytes,
+        "workers": max(workers, cfg.workers),
+        "seed": cfg.seed,
+        "progress": False,
+    }
+    source = resolve_source(source_uri)
+    if base:
+        kwargs.update(base=base, batch=resolve_source(batch) if batch else None)
+    if parts > 1:
+        kwargs.update(parts=parts)
+        if merge:
+            kwargs.update(merge=True)
+        else:
+            kwargs.update(part=part)
+    result = run_preprocess(source, dest, **kwargs)
+    uri = str(result.uri)
+    if merge or parts <= 1:
+        manifest = result.manifest
+        _point(
+            dataset,
+            uri=uri,
+            version=result.version,
+            counts=dict(manifest.counts) if manifest is not None else None,
+            created=result.created,
+        )
+    return uri, str(result.version)
+
+
+def train_gan(
+    *,
+    dataset_uri: str,
+    dataset_version: str,
+    storage_uri: str,
+    preset: str,
+    overrides: str = "none",
+    reuse_generator: str = "none",
+    gpus: int = 1,
+    generator: ArtifactLike | None = None,
+) -> str:
+    """Train MR-GAN (or validate and pass through ``reuse_generator``).
+
+    Returns:
+        The generator URI.
+    """
+    from fashion_attr.gan.training_loop import load_generator
+
+    reuse = optional(reuse_generator)
+    if reuse:
+        _, meta = load_generator(reuse)  # validates format and weights_only load
+        _point(generator, uri=reuse, reused=True, dataset_version=meta.get("dataset_version"))
+        return reuse
+    data = dataset_uri
+    out = _output(storage_uri, "gan", data=data, preset=preset, overrides=_overrides(overrides))
+    args = ["--data", data, "--out", out, *_config_args(preset, overrides)]
+    _run_step("fashion_attr.steps.train_gan", args, gpus)
+    uri = storage.join(out, "generator.pt")
+    _point(generator, uri=uri, reused=False, dataset_version=dataset_version)
+    return uri
+
+
+def train_classifier(
+    *,
+    dataset_uri: str,
+    dataset_version: str,
+    generator: ArtifactLike,
+    storage_uri: str,
+    preset: str,
+    overrides: str = "none",
+    gpus: int = 1,
+    model: ArtifactLike | None = None,
+) -> str:
+    """Train the classifier with HABP + Deact. Returns the exported model URI."""
+    data, gen = dataset_uri, _uri_of(generator)
+    out = _output(
+        storage_uri,
+        "classifier",
+        data=data,
+        generator=gen,
+        preset=preset,
+        overrides=_overrides(overrides),
+    )
+    args = ["--data", data, "--out", out, "--generator", gen]
+    _run_step("fashion_attr.steps.train_classifier", args + _config_args(preset, overrides), gpus)
+    uri = storage.join(out, "model.pt")
+    _point(model, uri=uri, dataset_version=dataset_version)
+    return uri
+
+
+def evaluate(
+    *,
+    dataset_uri: str,
+    dataset_version: str,
+    model: ArtifactLike,
+    storage_uri: str,
+    preset: str,
+    metrics: Any = None,
+    report: ArtifactLike | None = None,
+    plots: ArtifactLike | None = None,
+    evaluation: ArtifactLike | None = None,
+) -> str:
+    """Evaluate on the test split; fill the KFP Metrics, Markdown and HTML artifacts."""
+    from fashion_attr.steps.evaluate import run as run_evaluate
+
+    data, model_uri = dataset_uri, _uri_of(model)
+    out = _output(storage_uri, "evaluation", data=data, model=model_uri, preset=preset)
+    summary = run_evaluate(model_uri, data, out, preset=optional(preset))
+    if metrics is not None:
+        for key, value in sorted(summary["metrics"].items()):
+            metrics.log_metric(key.replace("@", "_at_").replace("/", "."), float(value))
+    files = {Path(f).name: f for f in summary["files"]}
+    if report is not None:
+        Path(report.path).write_text(storage.read_text(files["report.md"]))
+    if plots is not None:
+        parts = ["<html><body><h2>Evaluation plots</h2>"]
+        for name in ("group_recall.png", "prob_vs_frequency.png", "confusion.png"):
+            if name in files:
+                data = base64.b64encode(storage.read_bytes(files[name])).decode()
+                parts.append(f'<h3>{name}</h3><img src="data:image/png;base64,{data}"/>')
+        parts.append("</body></html>")
+        Path(plots.path).write_text("\n".join(parts))
+    _point(
+        evaluation,
+        uri=summary["metrics_uri"],
+        images=summary["images"],
+        dataset_version=dataset_version,
+    )
+    return summary["metrics_uri"]
+
+
+def register(
+    *,
+    model: ArtifactLike,
+    evaluation: ArtifactLike,
+    dataset_version: str,
+    pipeline_run: str,
+    preset: str,
+    model_name: str,
+    gate_metrics: str,
+    tolerance: float,
+    registration: ArtifactLike | None = None,
+) -> str:
+    """Register the model in MLflow and apply the promotion gate."""
+    from fashion_attr.steps.register import run as run_register
+
+    overrides = [f"model_name={model_name}", f"tolerance={tolerance}"]
+    gates = [g.strip() for g in gate_metrics.split(",") if g.strip()]
+    if gates:
+        overrides.append("gate_metrics=" + json.dumps(gates))
+    summary = run_register(
+        model=_uri_of(model),
+        metrics=_uri_of(evaluation),
+        pipeline_run=pipeline_run,
+        preset=optional(preset),
+        overrides=overrides,
+        dataset_version=dataset_version,
+        code_version=_code_version(),
+    )
+    _point(registration, **summary)
+    return json.dumps(summary, sort_keys=True, default=str)
+
+
+def _config_args(preset: str, overrides: str) -> list[str]:
+    args: list[str] = []
+    if optional(preset):
+        args += ["--preset", str(optional(preset))]
+    for item in _overrides(overrides):
+        args += ["--set", item]
+    return args
+
+
+def _code_version() -> str:
+    from fashion_attr import __version__
+
+    return os.environ.get("FA_CODE_VERSION", __version__)
+
+
+def _run_step(module: str, args: Sequence[str], gpus: int) -> None:
+    """Run a training step in-process (one device) or under torchrun (all GPUs of the node)."""
+    import importlib
+
+    if gpus > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={gpus}",
+            "-m",
+            module,
+            *args,
+        ]
+        code = subprocess.call(cmd)
+    else:
+        code = importlib.import_module(module).main(list(args))
+    if code != 0:
+        raise RuntimeError(f"{module} failed with exit code {code} (see its log above)")

@@ -1,0 +1,392 @@
+"""One small storage interface over local paths and ``s3://bucket/prefix`` URIs.
+
+Every pipeline step reads and writes through these functions, so the same code
+runs against a laptop folder, MinIO, or any S3-compatible store.
+
+S3 access goes through boto3's standard configuration chain: credentials from
+the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), a profile or
+an instance role; region from ``AWS_REGION``/``AWS_DEFAULT_REGION``; the
+endpoint from ``AWS_ENDPOINT_URL`` (boto3's own variable) or, for MLflow-style
+deployments, ``MLFLOW_S3_ENDPOINT_URL``. Retries use botocore's ``adaptive``
+mode so throttling (``SlowDown``) and 5xx answers are retried with backoff.
+
+Writes are atomic: a local file is written to a temporary name in the same
+folder and renamed into place; an S3 ``PutObject`` is atomic by itself (a
+reader sees the old object or the new one, never a part). Permanent failures
+(missing bucket, bad credentials, access denied) raise :class:`StorageError`
+with the URI and the fix, without retrying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+__all__ = [
+    "StorageError",
+    "atomic_local_write",
+    "delete",
+    "download_file",
+    "exists",
+    "is_s3",
+    "join",
+    "list_uris",
+    "open_binary",
+    "open_text",
+    "read_bytes",
+    "read_text",
+    "s3_client",
+    "split_s3",
+    "upload_file",
+    "write_bytes",
+    "write_text",
+]
+
+# Error codes that no retry can fix: fail fast with a message naming the fix.
+_PERMANENT = {
+    "NoSuchBucket": "create the bucket or fix the bucket name in the URI",
+    "AccessDenied": "grant the pipeline's credentials access to this prefix",
+    "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID (Kubernetes secret object-store-credentials)",
+    "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY (the secret object-store-credentials)",
+    "InvalidBucketName": "fix the bucket name in the URI",
+    "AllAccessDisabled": "the bucket is disabled; use another bucket",
+}
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed in a way that retrying will not fix."""
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` names an S3 object or prefix."""
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into ``(bucket, key)``.
+
+    Raises:
+        StorageError: if the URI has no bucket.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StorageError(f"{uri!r} is not an s3:// URI. Fix: write it as s3://bucket/prefix")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    """Join path parts onto a local path or an S3 URI with ``/``."""
+    base = str(base)
+    cleaned = [p.strip("/") for p in parts if p and p.strip("/")]
+    if not cleaned:
+        return base
+    if is_s3(base):
+        return base.rstrip("/") + "/" + "/".join(cleaned)
+    return str(Path(base).joinpath(*cleaned))
+
+
+_client_lock = threading.Lock()
+_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def _endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client for the current environment (cached per endpoint and process).
+
+    Returns:
+        A ``botocore`` S3 client with adaptive retries (10 attempts) and timeouts.
+    """
+    import boto3
+    from botocore.config import Config
+
+    key = (
+        os.getpid(),
+        _endpoint_url(),
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+    with _client_lock:
+        client = _clients.get(key)
+        if client is None:
+            config = Config(
+                retries={
+                    "max_attempts": int(os.environ.get("FA_S3_MAX_ATTEMPTS", "10")),
+                    "mode": "adaptive",
+                },
+                connect_timeout=10,
+                read_timeout=60,
+                s3={"addressing_style": "path"} if _endpoint_url() else None,
+            )
+            session = boto3.session.Session()
+            client = session.client(
+                "s3",
+                endpoint_url=_endpoint_url(),
+                region_name=key[3] or "us-east-1",
+                config=config,
+            )
+            _clients[key] = client
+        return client
+
+
+def _reraise(uri: str, exc: Exception) -> None:
+    """Turn permanent boto errors into :class:`StorageError`; re-raise others as is."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        raise StorageError(
+            f"{uri}: no S3 credentials found. Fix: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (in Kubernetes, from the secret object-store-credentials)"
+        ) from exc
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _PERMANENT:
+            raise StorageError(f"{uri}: S3 answered {code}. Fix: {_PERMANENT[code]}") from exc
+        if code in {"404", "NoSuchKey", "NotFound"}:
+            raise FileNotFoundError(f"{uri}: no such object") from exc
+    raise exc
+
+
+def read_bytes(uri: str | os.PathLike[str]) -> bytes:
+    """Read a whole object or file.
+
+    Raises:
+        FileNotFoundError: if it does not exist.
+        StorageError: on a permanent S3 failure.
+    """
+    uri = str(uri)
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    bucket, key = split_s3(uri)
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        _reraise(uri, exc)
+        raise
+
+
+def read_text(uri: str | os.PathLike[str], encoding: str = "utf-8") -> str:
+    """Read a whole text file or object."""
+    return read_bytes(uri).decode(encoding)
+
+
+def atomic_local_write(
+    path: str | os.PathLike[str],
+) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """Open a temporary file beside ``path``; rename it over ``path`` on success.
+
+    On an exception (or a killed process) the target is untouched and the
+    temporary file is removed (or left with a ``.tmp`` name no reader trusts).
+    """
+    return _AtomicWriter(Path(path))
+
+
+class _AtomicWriter(contextlib.AbstractContextManager):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp: Path | None = None
+        self.fh: IO[bytes] | None = None
+
+    def __enter__(self) -> IO[bytes]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        self.tmp = Path(tmp)
+        self.fh = os.fdopen(fd, "wb")
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.fh is not None and self.tmp is not None
+        if exc_type is None:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.fh.close()
+            self.tmp.unlink(missing_ok=True)
+        return None
+
+
+def write_bytes(uri: str | os.PathLike[str], data: bytes) -> None:
+    """Write a whole file or object atomically."""
+    uri = str(uri)
+    if not is_s3(uri):
+        with atomic_local_write(uri) as fh:
+            fh.write(data)
+        return
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+    except Exception as exc:
+        _reraise(uri, exc)
+        raise
+
+
+def write_text(uri: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write a whole text file or object atomically."""
+    write_bytes(uri, text.encode(encoding))
+
+
+def exists(uri: str | os.PathLike[str]) -> bool:
+    """Whether a file or object exists."""
+    uri = str(uri)
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = split_s3(uri)
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"404", "NoSuchKey", "NotFound"}:
+            return False
+        _reraise(uri, exc)
+        raise
+    except Exception as exc:
+        _reraise(uri, exc)
+        raise
+
+
+def list_uris(prefix: str | os.PathLike[str]) -> list[str]:
+    """All files (recursively) under a local folder or S3 prefix, as URIs, sorted."""
+    prefix = str(prefix)
+    if not is_s3(prefix):
+        root = Path(prefix)
+        if not root.exists():
+            return []
+        if root.is_file():
+            return [str(root)]
+        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+    bucket, key = split_s3(prefix)
+    if key and not key.endswith("/"):
+        key += "/"
+    out: list[str] = []
+    try:
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    except Exception as exc:
+        _reraise(prefix, exc)
+        raise
+    return sorted(out)
+
+
+def upload_file(local_path: str | os.PathLike[str], uri: str | os.PathLike[str]) -> None:
+    """Copy a local file to ``uri`` (atomic at the destination)."""
+    uri = str(uri)
+    if not is_s3(uri):
+        with atomic_local_write(uri) as fh, open(local_path, "rb") as src:
+            shutil.copyfileobj(src, fh, length=1 << 20)
+        return
+    bucket, key = split_s3(uri)
+    try:
+        # upload_file uses multipart for large files; S3 only exposes the object
+        # once the multipart upload completes, so readers never see a part.
+        s3_client().upload_file(str(local_path), bucket, key)
+    except Exception as exc:
+        _reraise(uri, exc)
+        raise
+
+
+def download_file(uri: str | os.PathLike[str], local_path: str | os.PathLike[str]) -> None:
+    """Copy ``uri`` to a local file, atomically (a partial download is never visible)."""
+    uri = str(uri)
+    local_path = Path(local_path)
+    if not is_s3(uri):
+        with atomic_local_write(local_path) as fh, open(uri, "rb") as src:
+            shutil.copyfileobj(src, fh, length=1 << 20)
+        return
+    bucket, key = split_s3(uri)
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{local_path.name}.", suffix=".tmp", dir=local_path.parent)
+    os.close(fd)
+    try:
+        s3_client().download_file(bucket, key, tmp)
+        os.replace(tmp, local_path)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _reraise(uri, exc)
+        raise
+
+
+def delete(uri: str | os.PathLike[str]) -> None:
+    """Delete a file or object; a missing one is not an error."""
+    uri = str(uri)
+    if not is_s3(uri):
+        p = Path(uri)
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+        return
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        _reraise(uri, exc)
+        raise
+
+
+@contextlib.contextmanager
+def open_binary(uri: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Open a file or object for streaming reads (S3 objects are not buffered whole)."""
+    uri = str(uri)
+    if not is_s3(uri):
+        with open(uri, "rb") as fh:
+            yield fh
+        return
+    bucket, key = split_s3(uri)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    except Exception as exc:
+        _reraise(uri, exc)
+        raise
+    try:
+        yield body  # botocore StreamingBody: .read(n) streams
+    finally:
+        body.close()
+
+
+@contextlib.contextmanager
+def open_text(uri: str | os.PathLike[str], encoding: str = "utf-8") -> Iterator[io.TextIOBase]:
+    """Open a file or object as a streaming text reader (one line at a time)."""
+    uri = str(uri)
+    if not is_s3(uri):
+        with open(uri, encoding=encoding) as fh:
+            yield fh
+        return
+    with open_binary(uri) as raw:
+        text = io.TextIOWrapper(
+            io.BufferedReader(_ReadableAdapter(raw), 1 << 20), encoding=encoding
+        )
+        yield text
+
+
+class _ReadableAdapter(io.RawIOBase):
+    """Adapt botocore's StreamingBody to ``io.RawIOBase`` for TextIOWrapper."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self._body.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines definitions of the fashion attribute retraining pipeline."""

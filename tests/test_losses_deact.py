@@ -1,0 +1,64 @@
+"""Deactivation losses (eq. 5, 6) and the hardness-weighted synthetic average (eq. 10)."""
+
+import pytest
+import torch
+from fashion_attr.losses import (
+    deact_binary_loss,
+    deact_multiclass_loss,
+    synthetic_complementary_loss,
+)
+
+
+def test_binary_is_logit_squared():
+    s = torch.tensor([[1.5, -2.0, 0.0]])
+    assert deact_binary_loss(s).tolist() == [[2.25, 4.0, 0.0]]
+    assert deact_binary_loss(s.bfloat16()).dtype == torch.float32
+
+
+def test_multiclass_hinge_with_threshold():
+    s = torch.tensor([[-5.0, -4.6, 0.0, 1.0]])
+    # relu(s - (-4.6)) = [0, 0, 4.6, 5.6]; squares 21.16 + 31.36, / C = 4.
+    got = deact_multiclass_loss(s)
+    assert got.shape == (1,)
+    assert got.item() == pytest.approx((4.6**2 + 5.6**2) / 4, rel=1e-6)
+    # A different T: relu(s - 0) = [0, 0, 0, 1] -> 1 / 4.
+    assert deact_multiclass_loss(s, threshold=0.0).item() == pytest.approx(0.25)
+    # All logits below T cost nothing.
+    assert deact_multiclass_loss(torch.full((2, 3), -6.0)).tolist() == [0.0, 0.0]
+
+
+def test_weighted_average_eq10_by_hand():
+    s = torch.tensor([[1.0, -2.0], [0.5, 0.0]], requires_grad=True)
+    w = torch.tensor([[0.2, 0.4], [1.0, 0.5]], requires_grad=True)
+    cs = torch.tensor([[0.0, -5.0], [-4.0, -10.0]])
+    wc = torch.tensor([0.3, 0.6])
+    # Attribute nodes: 0.2*1 + 0.4*4 + 1.0*0.25 + 0.5*0 = 2.05.
+    # Category nodes: row 0: relu([4.6, -0.4])^2 / 2 = 10.58; row 1: relu([0.6, -5.4])^2/2 = 0.18.
+    num = 2.05 + 0.3 * 10.58 + 0.6 * 0.18
+    den = 0.2 + 0.4 + 1.0 + 0.5 + 0.3 + 0.6
+    got = synthetic_complementary_loss(s, w, cs, wc)
+    assert got.item() == pytest.approx(num / den, rel=1e-6)
+    got.backward()
+    assert w.grad is None  # weights are constants
+    expected_grad = 2 * s.detach() * w.detach() / den
+    assert torch.allclose(s.grad, expected_grad, atol=1e-6)
+
+
+def test_category_only_and_attribute_only():
+    cs = torch.tensor([[0.0, -5.0]])
+    assert synthetic_complementary_loss(None, None, cs, torch.tensor([2.0])).item() == (
+        pytest.approx(10.58, rel=1e-6)
+    )
+    s = torch.tensor([[3.0, 1.0]])
+    got = synthetic_complementary_loss(s, torch.tensor([[1.0, 3.0]]))
+    assert got.item() == pytest.approx((9.0 + 3.0) / 4.0)
+
+
+def test_errors_name_the_argument():
+    s = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="attr_weights"):
+        synthetic_complementary_loss(s, None)
+    with pytest.raises(ValueError, match="cat_weights"):
+        synthetic_complementary_loss(s, torch.ones(2, 3), torch.zeros(2, 4), torch.ones(3))
+    with pytest.raises(ValueError, match="attr_logits"):
+        deact_binary_loss(torch.zeros(3))
