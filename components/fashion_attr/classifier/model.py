@@ -225,7 +225,11 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class TinyClassifier(AttributeClassifier):
-    """Small CPU network: conv-BN-ReLU 16 -> 32 -> 64 (stride 2 each), GAP, heads."""
+    """Small CPU network: conv-BN-ReLU 16 -> 32 -> 64 -> 128 (stride 2 each), GAP, heads.
+
+    Four stride-2 stages give a receptive field that covers most of a 64 px
+    crop, so the garment's silhouette (its category) is visible to the heads.
+    """
 
     arch = "tiny"
     default_image_size = None
@@ -243,10 +247,11 @@ class TinyClassifier(AttributeClassifier):
             _conv_bn_relu(in_channels, 16, 2),
             _conv_bn_relu(16, 32, 2),
             _conv_bn_relu(32, 64, 2),
+            _conv_bn_relu(64, 128, 2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(1),
         )
-        self._build_heads(64, dropout)
+        self._build_heads(128, dropout)
 
 
 class LeNet5Classifier(AttributeClassifier):
