@@ -1,0 +1,559 @@
+"""Register the trained classifier in MLflow and apply the promotion gate with aliases.
+
+:func:`register_and_gate` is what the ``register`` step runs:
+
+1. Read ``metrics.json`` from ``evaluate`` and refuse (``ValueError``) when a gated
+   metric is missing or non-finite, and check that ``model.pt`` is a classifier
+   export: both BEFORE anything is written to MLflow.
+2. Idempotency: a model version tagged ``fashion_attr.pipeline_run = <id>`` already
+   exists (a retried pipeline step) -> reuse it, create nothing, re-apply the gate
+   with the metrics recorded on it. A different ``model.pt`` (sha256 tag) under the
+   same pipeline run id is refused (``ValueError``).
+3. Otherwise open the step's MLflow run (nested under the pipeline's parent run,
+   found by the tag ``fashion_attr.pipeline_run`` and ``fashion_attr.role =
+   pipeline``, the convention of :class:`fashion_attr.tracking.Tracker`), log the
+   resolved config, the metrics and the reports, log the pyfunc model and register
+   it as a new version created WITH its tags (pipeline run, model sha256, dataset
+   and code version, every finite metric as ``metric.<name>``), so a crash cannot
+   leave an untagged version that a retry would duplicate.
+4. Point alias ``challenger`` at the version, read alias ``champion`` and its
+   ``metric.*`` tags, run :func:`fashion_attr.registry.gate.decide_promotion`, and
+   on promotion move alias ``champion`` to the version.
+5. Record the decision on the version: tags ``gate.promoted``, ``gate.reason``,
+   ``gate.compared_to``, ``gate.decision`` (JSON) and a description holding the
+   Markdown comparison table; the same table is logged to the run as
+   ``gate/decision.md``.
+
+Only aliases are used (no deprecated stages). The champion is never lost:
+setting an alias moves it in one registry call, and this module never deletes
+an alias or a version. Two pipelines gating at the same moment both compare
+against the champion they read; the later alias write wins.
+
+Credentials come from ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``
+(or a token) in the environment, read by MLflow's client; nothing here logs the
+environment, and parameters pass through :func:`fashion_attr.tracking.redact_params`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fashion_attr import storage
+from fashion_attr.config import RegisterConfig, config_to_dict
+from fashion_attr.registry.gate import (
+    Decision,
+    GateRow,
+    decide_promotion,
+    is_finite_metric,
+    render_markdown,
+    validate_gated_metrics,
+)
+from fashion_attr.tracking import PIPELINE_RUN_TAG, flatten, redact_params
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "RegisterResult",
+    "RegistryAuthError",
+    "RegistryError",
+    "load_metrics",
+    "metric_key",
+    "register_and_gate",
+    "use_tracking_uri",
+    "version_metrics",
+]
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+METRIC_TAG_PREFIX = "metric."
+SHA_TAG = "fashion_attr.model_sha256"
+DATASET_TAG = "dataset_version"
+CODE_TAG = "code_version"
+_DEFAULT_EXPERIMENT = "fashion-attr"
+_MODEL_DESCRIPTION = (
+    "Fashion attribute classifier (Ye et al., HABP + Deact) registered by the fashion_attr "
+    "retraining pipeline. Alias 'champion' is the served model; 'challenger' is the latest "
+    "candidate. Each version's description holds its promotion-gate table."
+)
+
+
+class RegistryError(RuntimeError):
+    """The MLflow server failed or refused a registry operation (not an input problem)."""
+
+
+class RegistryAuthError(ValueError):
+    """MLflow refused the credentials (HTTP 401/403): a configuration problem (exit 2)."""
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """Outcome of :func:`register_and_gate`.
+
+    Attributes:
+        name: registered model name.
+        version: the version registered (or reused) for this pipeline run.
+        promoted: whether ``version`` holds alias ``champion`` after the step.
+        champion_version: the champion after the step.
+        previous_champion: the champion before the step (None for the first model).
+        reused: True when the version already existed for this pipeline run.
+        run_id: the MLflow run that logged the version.
+        decision: the gate's decision.
+    """
+
+    name: str
+    version: str
+    promoted: bool
+    champion_version: str | None
+    previous_champion: str | None
+    reused: bool
+    run_id: str | None
+    decision: Decision
+
+
+def metric_key(name: str) -> str:
+    """MLflow-safe form of a metric name (``attr_recall@3/all`` -> ``attr_recall_at_3/all``).
+
+    MLflow metric and tag names allow only alphanumerics and ``_ - . / : space``; ``@``
+    becomes ``_at_`` (as :class:`~fashion_attr.tracking.Tracker` does), anything else ``_``.
+    """
+    return re.sub(r"[^/\w.\- :]", "_", name.replace("@", "_at_"))
+
+
+def load_metrics(uri: str) -> dict[str, float | None]:
+    """Read ``evaluate``'s ``metrics.json`` and return its flat ``metrics`` mapping.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not JSON, or no ``metrics`` object of numbers/nulls.
+    """
+    try:
+        doc = json.loads(storage.read_text(uri))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{uri}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). Fix: "
+            "pass the metrics.json written by evaluate"
+        ) from None
+    metrics = doc.get("metrics") if isinstance(doc, dict) else None
+    if not isinstance(metrics, dict):
+        raise ValueError(
+            f"{uri}: field 'metrics' is missing or not an object. Fix: pass the metrics.json "
+            'written by evaluate ({"metrics": {"attr_recall@3/all": 0.5, ...}})'
+        )
+    out: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(
+                f"{uri}: metrics.{key} = {value!r} is not a number or null. Fix: re-run evaluate"
+            )
+        out[str(key)] = None if value is None else float(value)
+    return out
+
+
+def version_metrics(mv: ModelVersion, names: Sequence[str]) -> dict[str, float | None]:
+    """Read metrics ``names`` back from a version's ``metric.*`` tags (None when absent)."""
+    tags = mv.tags or {}
+    out: dict[str, float | None] = {}
+    for name in names:
+        raw = tags.get(METRIC_TAG_PREFIX + metric_key(name))
+        try:
+            out[name] = float(raw) if raw is not None else None
+        except ValueError:
+            out[name] = None
+    return out
+
+
+def _check_model_file(path: str, source: str) -> dict[str, Any]:
+    from fashion_attr.checkpoint import load_artifact
+    from fashion_attr.registry.pyfunc import MODEL_FORMAT
+
+    try:
+        blob = load_artifact(path, map_location="cpu")
+    # torch raises many types for a file that is not a torch archive (IndexError, RuntimeError,
+    # UnpicklingError, UnsafeArtifactError...): all mean "not a model.pt", a bad input (exit 2).
+    except Exception as exc:
+        raise ValueError(
+            f"{source}: cannot be read as a classifier artifact ({str(exc).splitlines()[0]}). "
+            "Fix: pass the model.pt written by train_classifier"
+        ) from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise ValueError(
+            f"{source} is not a classifier artifact ({MODEL_FORMAT}). Fix: pass the model.pt "
+            "written by train_classifier"
+        )
+    return {k: v for k, v in blob.items() if k != "state_dict"}
+
+
+@contextlib.contextmanager
+def use_tracking_uri(uri: str | None) -> Iterator[None]:
+    """Point MLflow's fluent API (needed by ``log_model``) at ``uri``, then restore it.
+
+    MLflow's own context manager restores its global but unsets ``MLFLOW_TRACKING_URI``
+    when no URI had been set explicitly, so the variable is restored here too.
+    """
+    if not uri:
+        yield
+        return
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+@contextlib.contextmanager
+def _mlflow_errors(where: str) -> Iterator[None]:
+    """Turn MLflow server errors into errors naming the server and the fix."""
+    try:
+        yield
+    except MlflowException as exc:
+        text = str(exc)
+        uri = _safe_uri(mlflow.get_tracking_uri())
+        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(
+            r"\b(401|403)\b", text
+        ):
+            raise RegistryAuthError(
+                f"MLflow at {uri} refused the credentials during {where}: {text.splitlines()[0]}."
+                " Fix: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the Kubernetes "
+                "secret of the MLflow server) for a user allowed to write this experiment and "
+                "registered model"
+            ) from None
+        raise RegistryError(
+            f"MLflow at {uri} failed during {where}: {text.splitlines()[0] if text else exc!r}."
+            " Fix: check that the tracking server is up and MLFLOW_TRACKING_URI is right; the "
+            "step is safe to re-run (it reuses the version of this pipeline run)"
+        ) from exc
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _safe_uri(uri: str) -> str:
+    return re.sub(r"://[^/\s:@]+:[^/\s@]+@", "://***@", str(uri))
+
+
+def _find_version(client: MlflowClient, name: str, pipeline_run_id: str) -> ModelVersion | None:
+    quoted = pipeline_run_id.replace("'", "\\'")
+    found = client.search_model_versions(
+        filter_string=f"name = '{name}' and tags.`{PIPELINE_RUN_TAG}` = '{quoted}'"
+    )
+    found = [mv for mv in found if (mv.tags or {}).get(PIPELINE_RUN_TAG) == pipeline_run_id]
+    if not found:
+        return None
+    # Several can only exist if created outside this module; the oldest is the original.
+    return min(found, key=lambda mv: int(mv.version))
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    # Read the registered model's alias map rather than get_model_version_by_alias: a missing
+    # alias is then None, not an error whose code differs between registry backends.
+    aliases = client.get_registered_model(name).aliases or {}
+    version = aliases.get(alias)
+    return client.get_model_version(name, str(version)) if version is not None else None
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            client.create_registered_model(name, description=_MODEL_DESCRIPTION)
+        except MlflowException as exc2:  # created meanwhile by a concurrent pipeline
+            if exc2.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def _experiment_id(client: MlflowClient) -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", _DEFAULT_EXPERIMENT)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        exp = client.get_experiment_by_name(name)
+        assert exp is not None
+        return exp.experiment_id
+
+
+def _parent_run_id(client: MlflowClient, experiment_id: str, pipeline_run_id: str) -> str:
+    quoted = pipeline_run_id.replace("'", "\\'")
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{quoted}' and tags.`fashion_attr.role` = "
+        "'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"pipeline-{pipeline_run_id}",
+        tags={PIPELINE_RUN_TAG: pipeline_run_id, "fashion_attr.role": "pipeline"},
+    )
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
+
+
+def _local_file(uri: str, workdir: Path) -> str:
+    if not storage.is_s3(uri):
+        if not Path(uri).is_file():
+            raise FileNotFoundError(f"{uri}: no such file. Fix: pass an existing file or s3:// URI")
+        return str(uri)
+    dst = workdir / Path(storage.split_s3(uri)[1]).name
+    storage.download_file(uri, dst)
+    return str(dst)
+
+
+def _log_and_register(
+    client: MlflowClient,
+    *,
+    model_path: str,
+    metrics: Mapping[str, float | None],
+    model_name: str,
+    pipeline_run_id: str,
+    cfg: RegisterConfig,
+    params: Mapping[str, Any],
+    version_tags: Mapping[str, str],
+    reports: Sequence[str],
+    workdir: Path,
+) -> tuple[ModelVersion, str]:
+    from fashion_attr.registry.pyfunc import log_pyfunc_model
+
+    experiment_id = _experiment_id(client)
+    parent_id = _parent_run_id(client, experiment_id, pipeline_run_id)
+    run = client.create_run(
+        experiment_id,
+        run_name="register",
+        tags={
+            "mlflow.parentRunId": parent_id,
+            PIPELINE_RUN_TAG: pipeline_run_id,
+            "fashion_attr.step": "register",
+            DATASET_TAG: version_tags[DATASET_TAG],
+            CODE_TAG: version_tags[CODE_TAG],
+        },
+    )
+    run_id = run.info.run_id
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        mlflow.log_params({k[:250]: v[:6000] for k, v in redact_params(flatten(params)).items()})
+        finite = {metric_key(k): float(v) for k, v in metrics.items() if is_finite_metric(v)}
+        if finite:
+            mlflow.log_metrics(finite)
+        for report in reports:
+            mlflow.log_artifact(_local_file(report, workdir), "reports")
+        info = log_pyfunc_model(
+            model_path,
+            "model",
+            threshold=cfg.attribute_threshold,
+            top_k=cfg.top_k,
+            metadata={"pipeline_run": pipeline_run_id, "code_version": version_tags[CODE_TAG]},
+        )
+        _ensure_registered_model(client, model_name)
+        mv = mlflow.register_model(info.model_uri, model_name, tags=dict(version_tags))
+    return mv, run_id
+
+
+def register_and_gate(
+    model_pt_uri: str,
+    metrics_uri: str,
+    *,
+    model_name: str,
+    pipeline_run_id: str,
+    cfg: RegisterConfig,
+    tracking_uri: str | None = None,
+    dataset_version: str | None = None,
+    code_version: str | None = None,
+    reports: Sequence[str] = (),
+) -> RegisterResult:
+    """Register ``model.pt`` as a new version (once per pipeline run) and gate its promotion.
+
+    Args:
+        model_pt_uri: ``model.pt`` from ``train_classifier`` (local path or ``s3://``).
+        metrics_uri: ``metrics.json`` from ``evaluate``.
+        model_name: registered model name.
+        pipeline_run_id: the pipeline run (KFP run id); makes the step idempotent.
+        cfg: the register config (gate metrics, tolerance, tie rule, threshold, k).
+        tracking_uri: MLflow tracking/registry URI; default: ``MLFLOW_TRACKING_URI``.
+        dataset_version: tag value; default: the one recorded in ``model.pt``.
+        code_version: tag value; default: the ``fashion_attr`` package version.
+        reports: files (local or ``s3://``) attached to the run under ``reports/``.
+
+    Returns:
+        :class:`RegisterResult`.
+
+    Raises:
+        ValueError: bad metrics (missing/non-finite gated metric), a file that is not
+            a classifier export, or an empty name/id; nothing is written to MLflow.
+        FileNotFoundError: ``model_pt_uri``/``metrics_uri``/a report does not exist.
+        RegistryAuthError: MLflow refused the credentials.
+        RegistryError: MLflow failed otherwise.
+    """
+    import fashion_attr
+
+    if not model_name:
+        raise ValueError("register: --model-name is empty. Fix: pass a registered model name")
+    if not pipeline_run_id:
+        raise ValueError("register: --pipeline-run is empty. Fix: pass the KFP run id")
+    # 1. Everything that can be wrong with the inputs fails here, before any MLflow write.
+    metrics = load_metrics(metrics_uri)
+    validate_gated_metrics(metrics, cfg.gate_metrics, source=metrics_uri)
+    with tempfile.TemporaryDirectory(prefix="fa-register-") as tmp:
+        workdir = Path(tmp)
+        model_path = _local_file(model_pt_uri, workdir)
+        meta = _check_model_file(model_path, model_pt_uri)
+        for report in reports:
+            if not storage.exists(report):
+                raise FileNotFoundError(f"report {report}: no such file. Fix: pass existing files")
+        dataset_version = dataset_version or str(meta.get("dataset_version") or "unknown")
+        code_version = code_version or fashion_attr.__version__
+        version_tags = {
+            PIPELINE_RUN_TAG: pipeline_run_id,
+            SHA_TAG: _sha256(model_path),
+            DATASET_TAG: dataset_version,
+            CODE_TAG: code_version,
+            **{
+                METRIC_TAG_PREFIX + metric_key(k): repr(float(v))
+                for k, v in metrics.items()
+                if is_finite_metric(v)
+            },
+        }
+        params = {
+            "config": config_to_dict(cfg),
+            "model_uri": model_pt_uri,
+            "metrics_uri": metrics_uri,
+            "model_name": model_name,
+            "pipeline_run": pipeline_run_id,
+        }
+        with use_tracking_uri(tracking_uri), _mlflow_errors(f"register of '{model_name}'"):
+            client = MlflowClient()
+            existing = _find_version(client, model_name, pipeline_run_id)
+            if existing is not None:
+                recorded = (existing.tags or {}).get(SHA_TAG)
+                if recorded and recorded != version_tags[SHA_TAG]:
+                    raise ValueError(
+                        f"pipeline run {pipeline_run_id!r} already registered {model_name} "
+                        f"version {existing.version} from another model file (sha256 "
+                        f"{recorded[:12]}..., {model_pt_uri} has {version_tags[SHA_TAG][:12]}...)."
+                        " Fix: give a new training run a new --pipeline-run id"
+                    )
+                log.info(
+                    "pipeline run %s already registered %s version %s: reusing it",
+                    pipeline_run_id,
+                    model_name,
+                    existing.version,
+                )
+                # The version is what it was registered as: gate on its recorded metrics
+                # (a re-run evaluation may differ in the last digits on a GPU).
+                recorded_metrics = version_metrics(existing, cfg.gate_metrics)
+                metrics = {
+                    **metrics,
+                    **{k: v for k, v in recorded_metrics.items() if is_finite_metric(v)},
+                }
+                mv, run_id, reused = existing, existing.run_id, True
+            else:
+                mv, run_id = _log_and_register(
+                    client,
+                    model_path=model_path,
+                    metrics=metrics,
+                    model_name=model_name,
+                    pipeline_run_id=pipeline_run_id,
+                    cfg=cfg,
+                    params=params,
+                    version_tags=version_tags,
+                    reports=reports,
+                    workdir=workdir,
+                )
+                reused = False
+            return _gate(client, mv, metrics, cfg, run_id, reused)
+
+
+def _gate(
+    client: MlflowClient,
+    mv: ModelVersion,
+    metrics: Mapping[str, float | None],
+    cfg: RegisterConfig,
+    run_id: str | None,
+    reused: bool,
+) -> RegisterResult:
+    name, version = mv.name, str(mv.version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    champion = _alias_version(client, name, CHAMPION)
+    previous = str(champion.version) if champion is not None else None
+    if previous == version:
+        # A retry after this version was already promoted: keep what the first attempt
+        # decided and recorded; nothing changes in the registry.
+        decision = _stored_decision(client.get_model_version(name, version))
+        return RegisterResult(name, version, True, version, version, reused, run_id, decision)
+
+    champ_metrics = version_metrics(champion, cfg.gate_metrics) if champion is not None else None
+    decision = decide_promotion(
+        metrics, champ_metrics, cfg.gate_metrics, cfg.tolerance, cfg.tie_rule
+    )
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    label = f"champion (v{previous})" if previous else "champion"
+    table = render_markdown(decision, champion_label=label)
+    for key, value in {
+        "gate.promoted": str(decision.promote).lower(),
+        "gate.reason": decision.reason,
+        "gate.compared_to": previous or "none",
+        "gate.decision": json.dumps(decision.to_dict(), sort_keys=True),
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(
+        name,
+        version,
+        description=f"Promotion gate (pipeline run {(mv.tags or {}).get(PIPELINE_RUN_TAG)}):\n\n"
+        + table,
+    )
+    if run_id:
+        client.log_text(run_id, table, "gate/decision.md")
+        client.log_dict(run_id, decision.to_dict(), "gate/decision.json")
+    log.info("%s v%s: %s", name, version, decision.reason)
+    champion_after = version if decision.promote else previous
+    return RegisterResult(
+        name, version, decision.promote, champion_after, previous, reused, run_id, decision
+    )
+
+
+def _stored_decision(mv: ModelVersion) -> Decision:
+    raw = (mv.tags or {}).get("gate.decision")
+    if raw:
+        try:
+            data = json.loads(raw)
+            rows = [GateRow(**row) for row in data.get("table", [])]
+            return Decision(bool(data["promote"]), str(data["reason"]), rows)
+        except (ValueError, KeyError, TypeError):
+            pass
+    return Decision(True, f"version {mv.version} already holds alias '{CHAMPION}'", [])
