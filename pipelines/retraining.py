@@ -130,7 +130,7 @@ def retraining(
     model_name: str = "fashion-attr",
     gate_metrics: str = "attr_recall@3/all,attr_recall@3/tail,cat_top3_acc",
     gate_tolerance: float = 0.005,
-) -> None:
+) -> str:
     """Run the whole retraining DAG.
 
     Args:
@@ -149,6 +149,9 @@ def retraining(
         model_name: MLflow registered model name.
         gate_metrics: Comma-separated metrics the challenger must not lose on.
         gate_tolerance: Allowed drop per gated metric (fraction, e.g. 0.005 = 0.5 points).
+
+    Returns:
+        The registration summary (JSON): model name, version, alias, gate decision.
     """
     with dsl.ParallelFor(items=ingest_parts, name="ingest-parts") as part:
         part_task = c.preprocess_part(
@@ -233,6 +236,7 @@ def retraining(
     reg.set_caching_options(False)  # the champion may have changed since
     _credentials(reg, mlflow=True)
     _on_cpu(reg)
+    return reg.outputs["Output"]
 
 
 def compile_pipeline(output: str | os.PathLike[str]) -> Path:

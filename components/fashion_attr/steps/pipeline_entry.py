@@ -304,17 +304,47 @@ def register(
     gates = [g.strip() for g in gate_metrics.split(",") if g.strip()]
     if gates:
         overrides.append("gate_metrics=" + json.dumps(gates))
+    model_uri, metrics_uri = _uri_of(model), _uri_of(evaluation)
+    reports = _collect_reports(model_uri, metrics_uri)
     summary = run_register(
-        model=_uri_of(model),
-        metrics=_uri_of(evaluation),
+        model=model_uri,
+        metrics=metrics_uri,
         pipeline_run=pipeline_run,
         preset=optional(preset),
         overrides=overrides,
         dataset_version=dataset_version,
         code_version=_code_version(),
+        reports=reports,
     )
+    summary = {**summary, "metrics_uri": metrics_uri, "dataset_version": dataset_version}
     _point(registration, **summary)
     return json.dumps(summary, sort_keys=True, default=str)
+
+
+def _collect_reports(model_uri: str, metrics_uri: str) -> list[str]:
+    """Local copies of the evaluation report, plots and training logs, for the MLflow run."""
+    workdir = Path(tempfile.mkdtemp(prefix="fa-reports-"))
+    wanted = [
+        (storage.join(_parent(metrics_uri), name), name)
+        for name in (
+            "report.md",
+            "per_attribute.csv",
+            "group_recall.png",
+            "prob_vs_frequency.png",
+            "confusion.png",
+        )
+    ]
+    wanted.append((storage.join(_parent(model_uri), "metrics.jsonl"), "train_classifier.jsonl"))
+    out = []
+    for uri, name in wanted:
+        if storage.exists(uri):
+            storage.download_file(uri, workdir / name)
+            out.append(str(workdir / name))
+    return out
+
+
+def _parent(uri: str) -> str:
+    return uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(Path(uri).parent)
 
 
 def _config_args(preset: str, overrides: str) -> list[str]:
