@@ -46,11 +46,17 @@ def _save_seed(workdir: Path, seed: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the DAG locally and print a summary."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess")
-    parser.add_argument("--workdir", default=".local_pipeline", help="Storage, MLflow and KFP outputs.")
+    parser.add_argument(
+        "--workdir", default=".local_pipeline", help="Storage, MLflow and KFP outputs."
+    )
     parser.add_argument("--images", type=int, default=600, help="Demo images to generate.")
-    parser.add_argument("--seed", type=int, default=None, help="Demo seed (default: a new one per run).")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="Demo seed (default: a new one per run)."
+    )
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--model-name", default="fashion-attr-demo")
     parser.add_argument("--gan-overrides", default="none")

@@ -122,6 +122,45 @@ def resolve_source(source_uri: str) -> str:
     return str(root)
 
 
+LATEST_POINTER = "LATEST"
+
+
+def latest_version(dest: str) -> str | None:
+    """The id of the newest version published by the pipeline under ``dest``, if any."""
+    pointer = storage.join(dest, LATEST_POINTER)
+    return storage.read_text(pointer).strip() if storage.exists(pointer) else None
+
+
+def _lineage_batches(dest: str, version: str) -> set[str]:
+    """Every catalog batch already folded into ``version`` (following its base chain)."""
+    from fashion_attr.data.shards import load_manifest
+
+    seen: set[str] = set()
+    current: str | None = version
+    while current:
+        manifest = load_manifest(storage.join(dest, current))
+        if manifest.batch:
+            seen.add(manifest.batch)
+        current = manifest.base.version if manifest.base else None
+    return seen
+
+
+def pending_batches(batch_uri: str, dest: str, base: str) -> list[str]:
+    """Catalog batches under ``batch_uri`` not yet in ``base``'s lineage, oldest name first.
+
+    ``batch_uri`` is one batch (a ``.jsonl`` file or a DeepFashion-C-layout
+    folder) or a drop prefix holding many ``*.jsonl`` batches, which teams
+    name so that lexical order is arrival order (e.g. ``2026-11-26.jsonl``).
+    """
+    is_folder_batch = storage.exists(storage.join(batch_uri, "Anno", "list_attr_img.txt"))
+    if batch_uri.endswith(".jsonl") or is_folder_batch:
+        candidates = [batch_uri]
+    else:
+        candidates = [u for u in storage.list_uris(batch_uri) if u.endswith(".jsonl")]
+    done = _lineage_batches(dest, base)
+    return [c for c in sorted(candidates) if c not in done]
+
+
 def preprocess(
     *,
     source_uri: str,
@@ -137,8 +176,19 @@ def preprocess(
 ) -> tuple[str, str]:
     """Ingest one part (``merge=False``) or publish the version (``merge=True``).
 
+    Three modes:
+
+    - full ingest of ``source_uri`` (``base_version`` "none"): parts fan out,
+      merge publishes;
+    - incremental (``base_version`` an id/URI or "latest", ``batch_uri`` a
+      batch or a catalog drop prefix): the merge task folds every pending
+      batch into a chain of versions on top of the base (parts are no-ops;
+      catalog batches are small). With "latest" and no version yet, the source
+      is ingested first (bootstrap). With nothing pending, the base is reused:
+      unchanged data, so the downstream steps hit KFP's cache.
+
     Returns:
-        ``(dataset version URI, version id)``.
+        ``(dataset version URI, version id)``; ``("", "")`` for a no-op part.
     """
     from fashion_attr.config import PreprocessConfig, load_config
     from fashion_attr.data.ingest import run_preprocess
@@ -151,37 +201,60 @@ def preprocess(
     batch = optional(batch_uri)
     base = optional(base_version)
     if batch and not base:
-        raise ValueError("batch_uri is set but base_version is 'none'. Fix: name the base version")
-    kwargs: dict[str, Any] = {
-        "image_size": cfg.image_size if not base else None,
-        "jpeg_quality": cfg.jpeg_quality if not base else None,
+        raise ValueError(
+            "batch_uri is set but base_version is 'none'. Fix: name the base version, or "
+            "'latest' for scheduled retraining"
+        )
+    common: dict[str, Any] = {
         "shard_max_samples": cfg.shard_max_samples,
         "shard_max_bytes": cfg.shard_max_bytes,
         "workers": max(workers, cfg.workers),
         "seed": cfg.seed,
         "progress": False,
     }
-    source = resolve_source(source_uri)
+    full = {"image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality, **common}
+
     if base:
-        kwargs.update(base=base, batch=resolve_source(batch) if batch else None)
-    if parts > 1:
-        kwargs.update(parts=parts)
-        if merge:
-            kwargs.update(merge=True)
+        if not merge:
+            return "", ""  # incremental work happens in the merge task
+        if base == "latest":
+            base = latest_version(dest)
+            if base is None:  # bootstrap: the first scheduled run ingests the source
+                base = run_preprocess(resolve_source(source_uri), dest, **full).version
+        result = None
+        for pending in pending_batches(resolve_source(batch), dest, base) if batch else []:
+            result = run_preprocess(None, dest, base=base, batch=pending, **common)
+            base = result.version
+        if result is None:
+            from fashion_attr.data.shards import load_manifest
+
+            uri = storage.join(dest, base) if not base.startswith(("s3://", "/")) else base
+            manifest = load_manifest(uri)
+            uri, version, created = uri, manifest.version, False
         else:
-            kwargs.update(part=part)
-    result = run_preprocess(source, dest, **kwargs)
-    uri = str(result.uri)
-    if merge or parts <= 1:
-        manifest = result.manifest
-        _point(
-            dataset,
-            uri=uri,
-            version=result.version,
-            counts=dict(manifest.counts) if manifest is not None else None,
-            created=result.created,
+            uri, version, manifest, created = result.uri, result.version, result.manifest, True
+    else:
+        kwargs = dict(full)
+        if parts > 1:
+            kwargs.update(parts=parts, **({"merge": True} if merge else {"part": part}))
+        result = run_preprocess(resolve_source(source_uri), dest, **kwargs)
+        if not merge and parts > 1:
+            return str(result.uri), str(result.version)
+        uri, version, manifest, created = (
+            result.uri,
+            result.version,
+            result.manifest,
+            result.created,
         )
-    return uri, str(result.version)
+    storage.write_text(storage.join(dest, LATEST_POINTER), str(version))
+    _point(
+        dataset,
+        uri=str(uri),
+        version=str(version),
+        counts=dict(manifest.counts) if manifest is not None else None,
+        created=created,
+    )
+    return str(uri), str(version)
 
 
 def train_gan(
