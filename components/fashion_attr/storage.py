@@ -203,6 +203,8 @@ class _AtomicWriter(contextlib.AbstractContextManager):
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
         self.tmp = Path(tmp)
+        # mkstemp creates 0600; published files must be readable like any other (0644).
+        os.chmod(fd, 0o644)
         self.fh = os.fdopen(fd, "wb")
         return self.fh
 
