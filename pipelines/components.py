@@ -83,6 +83,9 @@ def train_gan(
     overrides: str,
     reuse_generator: str,
     gpus: int,
+    nodes: int,
+    job_kind: str,
+    image: str,
     generator: Output[Model],
 ) -> str:
     """Train the conditional MR-GAN with decorrelation (component 2)."""
@@ -96,6 +99,9 @@ def train_gan(
         overrides=overrides,
         reuse_generator=reuse_generator,
         gpus=gpus,
+        nodes=nodes,
+        job_kind=job_kind,
+        image=image,
         generator=generator,
     )
 
@@ -109,6 +115,9 @@ def train_classifier(
     preset: str,
     overrides: str,
     gpus: int,
+    nodes: int,
+    job_kind: str,
+    image: str,
     model: Output[Model],
 ) -> str:
     """Train the classifier with HABP + Deact using the frozen generator (component 3)."""
@@ -122,6 +131,9 @@ def train_classifier(
         preset=preset,
         overrides=overrides,
         gpus=gpus,
+        nodes=nodes,
+        job_kind=job_kind,
+        image=image,
         model=model,
     )
 

@@ -127,6 +127,8 @@ def retraining(
     ingest_parts: list = [0],  # noqa: B006 - KFP reads the default from the signature
     ingest_workers: int = 4,
     gpus_per_step: int = GPUS_PER_STEP,
+    train_nodes: int = 1,
+    train_job_kind: str = "trainjob",
     model_name: str = "fashion-attr",
     gate_metrics: str = "attr_recall@3/all,attr_recall@3/tail,cat_top3_acc",
     gate_tolerance: float = 0.005,
@@ -146,6 +148,10 @@ def retraining(
         ingest_parts: Part indices of a fanned-out ingest, e.g. [0, 1, 2, 3] for 4 pods.
         ingest_workers: Decode/encode processes per ingest pod.
         gpus_per_step: GPUs per training pod (torchrun over all of them when > 1).
+        train_nodes: GPU nodes per training step; more than 1 launches a distributed
+            training job (needs an s3:// storage_uri).
+        train_job_kind: Job type when train_nodes > 1: trainjob (Kubeflow Trainer v2) or
+            pytorchjob (Training Operator v1).
         model_name: MLflow registered model name.
         gate_metrics: Comma-separated metrics the challenger must not lose on.
         gate_tolerance: Allowed drop per gated metric (fraction, e.g. 0.005 = 0.5 points).
@@ -190,6 +196,9 @@ def retraining(
         overrides=gan_overrides,
         reuse_generator=reuse_generator,
         gpus=gpus_per_step,
+        nodes=train_nodes,
+        job_kind=train_job_kind,
+        image=c.BASE_IMAGE,
     )
     gan.set_display_name("train MR-GAN")
     gan.set_caching_options(True)
@@ -204,6 +213,9 @@ def retraining(
         preset=preset,
         overrides=classifier_overrides,
         gpus=gpus_per_step,
+        nodes=train_nodes,
+        job_kind=train_job_kind,
+        image=c.BASE_IMAGE,
     )
     clf.set_display_name("train classifier (HABP + Deact)")
     clf.set_caching_options(True)

@@ -133,3 +133,25 @@ def test_demo_source_is_generated_once_and_deterministic(tmp_path: Path, monkeyp
     again = Path(pe.resolve_source("demo://?images=40&seed=3"))
     assert again == root and (again / "Anno" / "list_attr_img.txt").read_bytes() == first
     assert pe.resolve_source("s3://bucket/df") == "s3://bucket/df"
+
+
+def test_multi_node_training_launches_a_cluster_job(monkeypatch) -> None:
+    import fashion_attr.launch as launch
+
+    calls = []
+    monkeypatch.setattr(launch, "run_step_on_cluster", lambda *a, **kw: calls.append((a, kw)))
+    pe._run_step(
+        "train_classifier",
+        ["--data", "s3://b/d"],
+        4,
+        nodes=2,
+        job_kind="pytorchjob",
+        image="reg/fa:1",
+        out="s3://b/runs/classifier/0123456789abcdef",
+    )
+    ((args, kw),) = calls
+    assert args == ("train_classifier", ["--data", "s3://b/d"])
+    assert kw["nodes"] == 2 and kw["gpus_per_node"] == 4 and kw["kind"] == "pytorchjob"
+    assert kw["key"] == "0123456789abcdef" and kw["image"] == "reg/fa:1"
+    with pytest.raises(ValueError, match="s3://"):
+        pe._run_step("train_gan", [], 1, nodes=2, image="reg/fa:1", out="/local/out")

@@ -266,6 +266,9 @@ def train_gan(
     overrides: str = "none",
     reuse_generator: str = "none",
     gpus: int = 1,
+    nodes: int = 1,
+    job_kind: str = "trainjob",
+    image: str = "none",
     generator: ArtifactLike | None = None,
 ) -> str:
     """Train MR-GAN (or validate and pass through ``reuse_generator``).
@@ -283,7 +286,7 @@ def train_gan(
     data = dataset_uri
     out = _output(storage_uri, "gan", data=data, preset=preset, overrides=_overrides(overrides))
     args = ["--data", data, "--out", out, *_config_args(preset, overrides)]
-    _run_step("fashion_attr.steps.train_gan", args, gpus)
+    _run_step("train_gan", args, gpus, nodes=nodes, job_kind=job_kind, image=image, out=out)
     uri = storage.join(out, "generator.pt")
     _point(generator, uri=uri, reused=False, dataset_version=dataset_version)
     return uri
@@ -298,6 +301,9 @@ def train_classifier(
     preset: str,
     overrides: str = "none",
     gpus: int = 1,
+    nodes: int = 1,
+    job_kind: str = "trainjob",
+    image: str = "none",
     model: ArtifactLike | None = None,
 ) -> str:
     """Train the classifier with HABP + Deact. Returns the exported model URI."""
@@ -311,7 +317,15 @@ def train_classifier(
         overrides=_overrides(overrides),
     )
     args = ["--data", data, "--out", out, "--generator", gen]
-    _run_step("fashion_attr.steps.train_classifier", args + _config_args(preset, overrides), gpus)
+    _run_step(
+        "train_classifier",
+        args + _config_args(preset, overrides),
+        gpus,
+        nodes=nodes,
+        job_kind=job_kind,
+        image=image,
+        out=out,
+    )
     uri = storage.join(out, "model.pt")
     _point(model, uri=uri, dataset_version=dataset_version)
     return uri
@@ -435,10 +449,45 @@ def _code_version() -> str:
     return os.environ.get("FA_CODE_VERSION", __version__)
 
 
-def _run_step(module: str, args: Sequence[str], gpus: int) -> None:
-    """Run a training step in-process (one device) or under torchrun (all GPUs of the node)."""
+def _run_step(
+    step: str,
+    args: Sequence[str],
+    gpus: int,
+    *,
+    nodes: int = 1,
+    job_kind: str = "trainjob",
+    image: str = "none",
+    out: str = "",
+) -> None:
+    """Run a training step in-process, under torchrun, or as a multi-node job.
+
+    One device: in this process. Several GPUs in this pod: torchrun over all of
+    them. ``nodes`` > 1: a Kubeflow Trainer TrainJob (or PyTorchJob) over that
+    many GPU nodes, which this pod launches and waits for.
+    """
     import importlib
 
+    module = f"fashion_attr.steps.{step}"
+    if nodes > 1:
+        from fashion_attr.launch import run_step_on_cluster
+
+        if not storage.is_s3(out):
+            raise ValueError(
+                f"multi-node training writes to {out!r}, which the other nodes cannot see. "
+                "Fix: use an s3:// storage_uri with train_nodes > 1"
+            )
+        if not optional(image):
+            raise ValueError("multi-node training needs the project image. Fix: set FA_IMAGE")
+        run_step_on_cluster(
+            step,
+            list(args),
+            key=out.rstrip("/").rsplit("/", 1)[-1],
+            nodes=nodes,
+            gpus_per_node=gpus,
+            image=str(image),
+            kind=job_kind,
+        )
+        return
     if gpus > 1:
         cmd = [
             sys.executable,

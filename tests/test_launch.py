@@ -1,0 +1,614 @@
+"""Multi-node launcher (fashion_attr.launch): rendering, validation, and the wait loop.
+
+No cluster: the pod parts of the rendered jobs are validated as core Pods with
+kubernetes-validate (as tests/test_k8s_manifests.py does for the templates), and the wait
+loop runs against a fake CustomObjectsApi that plays the controller.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from fashion_attr import launch
+from fashion_attr.launch import JobResult, job_name_for, launch_and_wait, render_job
+from kubernetes.client.exceptions import ApiException
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_TEMPLATES = ROOT / "components/fashion_attr/k8s_templates"
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+NS = "fashion-attr"
+NAME = "fa-train-classifier-0123456789abcdef"
+IMAGE = "registry.example.com/fashion-attr:0.1.0"
+STEP_ARGS = [
+    "--data",
+    "s3://fashion-attr/datasets/v-1",
+    "--out",
+    "s3://fashion-attr/runs/classifier/0123456789abcdef",
+    "--generator",
+    "s3://fashion-attr/runs/gan/fedcba9876543210/generator.pt",
+    "--preset",
+    "paper",
+    "--set",
+    "habp.gamma=2",
+]
+CREDENTIAL_ENV = {
+    "AWS_ACCESS_KEY_ID": "object-store-credentials",
+    "AWS_SECRET_ACCESS_KEY": "object-store-credentials",
+    "MLFLOW_TRACKING_USERNAME": "mlflow-credentials",
+    "MLFLOW_TRACKING_PASSWORD": "mlflow-credentials",
+}
+
+
+def render(kind: str, nodes: int = 2, gpus: int = 4, **kw: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "step": "train_classifier",
+        "args": STEP_ARGS,
+        "nodes": nodes,
+        "gpus_per_node": gpus,
+        "image": IMAGE,
+        "namespace": NS,
+        "name": "fa-train-classifier-0123456789abcdef",
+    }
+    params.update(kw)
+    return render_job(kind, **params)  # type: ignore[arg-type]
+
+
+def trainjob_pod(job: dict[str, Any]) -> dict[str, Any]:
+    """The node pod as the Trainer assembles it: trainer fields + the pod override."""
+    trainer = job["spec"]["trainer"]
+    (override,) = job["spec"]["podTemplateOverrides"]
+    (mounts,) = override["spec"]["containers"]
+    spec = {k: v for k, v in override["spec"].items() if k != "containers"}
+    spec["containers"] = [
+        {
+            "name": mounts["name"],
+            "image": trainer["image"],
+            "command": trainer["command"],
+            "args": trainer["args"],
+            "env": trainer["env"],
+            "resources": trainer["resourcesPerNode"],
+            "volumeMounts": mounts["volumeMounts"],
+        }
+    ]
+    return {"metadata": override["metadata"], "spec": spec}
+
+
+def pod_templates(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if job["kind"] == "TrainJob":
+        return {"node": trainjob_pod(job)}
+    return {role: r["template"] for role, r in job["spec"]["pytorchReplicaSpecs"].items()}
+
+
+def assert_valid_pod(template: dict[str, Any], where: str) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "t", **template.get("metadata", {})},
+        "spec": template["spec"],
+    }
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(pod, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{where} pod invalid for Kubernetes {version}: {err.message}")
+
+
+def assert_gpu_pod(template: dict[str, Any], gpus: int, where: str) -> None:
+    spec = template["spec"]
+    assert spec["nodeSelector"] == {"node-pool": "gpu"}, where
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ], where
+    assert spec["serviceAccountName"] == "fashion-attr-training", where
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "train-config" not in volumes, where  # config travels as flags, not a ConfigMap
+    (container,) = spec["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "/etc/fashion-attr" not in mounts, where
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", where
+    res = container["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == str(gpus)
+    assert container["image"] == IMAGE, where
+    labels = template["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "fashion-attr-pipeline", where
+    assert labels["app.kubernetes.io/component"] == "training", where  # training-peers policy
+
+
+def assert_credentials_from_secrets(template: dict[str, Any]) -> None:
+    (container,) = template["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    for name, secret in CREDENTIAL_ENV.items():
+        assert "value" not in env[name], f"{name} must not be a literal"
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": name}
+    for e in container["env"]:
+        assert "value" not in e, f"literal env {e['name']} in a training pod"
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@pytest.mark.parametrize("name", ["trainjob.yaml", "pytorchjob.yaml"])
+def test_package_templates_equal_k8s_training(name: str) -> None:
+    shipped = (PACKAGE_TEMPLATES / name).read_bytes()
+    source = (ROOT / "k8s/training" / name).read_bytes()
+    assert shipped == source, (
+        f"components/fashion_attr/k8s_templates/{name} differs from k8s/training/{name}. "
+        f"Fix: cp k8s/training/{name} components/fashion_attr/k8s_templates/"
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_trainjob_for_two_nodes_of_four_gpus() -> None:
+    job = render("trainjob")
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert job["metadata"]["name"] == "fa-train-classifier-0123456789abcdef"
+    assert job["metadata"]["namespace"] == NS
+    labels = job["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "fashion-attr-pipeline"
+    assert labels["app.kubernetes.io/name"] == "fashion-attr-train-classifier"
+    assert labels["app.kubernetes.io/instance"] == "fa-train-classifier-0123456789abcdef"
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 2
+    assert trainer["command"] == ["torchrun"]
+    # Rank, master address and port come from the runtime's PET_* variables.
+    assert trainer["args"] == [
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "fashion_attr.steps.train_classifier",
+        *STEP_ARGS,
+    ]
+    assert not any(e["name"].startswith("PET_") for e in trainer["env"])  # webhook rejects them
+    (pod,) = pod_templates(job).values()
+    assert_gpu_pod(pod, 4, "TrainJob")
+    assert_credentials_from_secrets(pod)
+    assert_valid_pod(pod, "TrainJob")
+
+
+def test_pytorchjob_for_two_nodes_of_four_gpus() -> None:
+    job = render("pytorchjob")
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    assert job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "fashion-attr-pipeline"
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 1)
+    assert replicas["Master"]["template"] == replicas["Worker"]["template"]
+    for role, pod in pod_templates(job).items():
+        (container,) = pod["spec"]["containers"]
+        assert container["name"] == "pytorch"
+        assert container["command"] == ["torchrun"]
+        assert container["args"] == [
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "4",
+            "--node_rank",
+            "$(RANK)",
+            "--master_addr",
+            "$(MASTER_ADDR)",
+            "--master_port",
+            "$(MASTER_PORT)",
+            "-m",
+            "fashion_attr.steps.train_classifier",
+            *STEP_ARGS,
+        ]
+        # the template's lock-down survives rendering
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert_gpu_pod(pod, 4, role)
+        assert_credentials_from_secrets(pod)
+        assert_valid_pod(pod, f"PyTorchJob {role}")
+
+
+def test_node_counts_map_to_replicas() -> None:
+    three = render("pytorchjob", nodes=3, gpus=1)["spec"]["pytorchReplicaSpecs"]
+    assert (three["Master"]["replicas"], three["Worker"]["replicas"]) == (1, 2)
+    one = render("pytorchjob", nodes=1, gpus=2)["spec"]["pytorchReplicaSpecs"]
+    assert set(one) == {"Master"}
+    assert render("trainjob", nodes=5, gpus=8)["spec"]["trainer"]["numNodes"] == 5
+
+
+def test_gan_step_and_custom_placement() -> None:
+    job = render(
+        "trainjob",
+        step="train_gan",
+        args=["--data", "d", "--out", "o"],
+        node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        service_account="trainer-sa",
+    )
+    assert job["spec"]["trainer"]["args"][-5:] == [
+        "fashion_attr.steps.train_gan",
+        "--data",
+        "d",
+        "--out",
+        "o",
+    ]
+    assert job["metadata"]["labels"]["app.kubernetes.io/name"] == "fashion-attr-train-gan"
+    spec = job["spec"]["podTemplateOverrides"][0]["spec"]
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert spec["serviceAccountName"] == "trainer-sa"
+    no_selector = render("pytorchjob", node_selector={})
+    assert (
+        "nodeSelector"
+        not in no_selector["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    )
+
+
+def test_dollar_signs_in_args_stay_literal() -> None:
+    # Kubernetes expands $(VAR) in args and turns $$ into $: user text is escaped.
+    job = render("pytorchjob", args=["--set", "note=$(HOME) costs $5"])
+    args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--set", "note=$$(HOME) costs $$5"]
+    assert "$(RANK)" in args  # the launcher's own references are not escaped
+
+
+def test_rendering_does_not_change_the_next_render() -> None:
+    first = render("trainjob", nodes=4, gpus=2)
+    second = render("trainjob")
+    assert first["spec"]["trainer"]["numNodes"] == 4
+    assert second["spec"]["trainer"]["numNodes"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"nodes": 0}, "nodes=0"),
+        ({"nodes": True}, "nodes=True"),
+        ({"gpus": 0}, "gpus_per_node=0"),
+        ({"gpus": 1.5}, "gpus_per_node=1.5"),
+        ({"name": "Fa_job"}, "name 'Fa_job'"),
+        ({"name": "1fa-job"}, "name '1fa-job'"),
+        ({"name": "fa-job-"}, "name 'fa-job-'"),
+        ({"name": "f" * 46}, "at most 45"),
+        ({"namespace": "Fashion"}, "namespace 'Fashion'"),
+        ({"image": ""}, "image ''"),
+        ({"step": "evaluate"}, "step 'evaluate'"),
+        ({"args": "--data x"}, "list of strings"),
+        ({"args": ["--config", "/tmp/c.yaml"]}, "--set key=value"),
+        ({"args": ["--config=/tmp/c.yaml"]}, "--config=/tmp/c.yaml"),
+    ],
+)
+def test_bad_inputs_raise_value_error(change: dict[str, Any], fragment: str) -> None:
+    change = dict(change)
+    nodes, gpus = change.pop("nodes", 2), change.pop("gpus", 4)
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        render("trainjob", nodes=nodes, gpus=gpus, **change)
+
+
+def test_bad_kind_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="kind 'mpijob'"):
+        render("mpijob")
+
+
+def test_job_name_for_is_deterministic_and_valid() -> None:
+    assert job_name_for("train_classifier", "0123456789abcdef") == (
+        "fa-train-classifier-0123456789abcdef"
+    )
+    assert job_name_for("train_gan", "fedcba9876543210") == "fa-train-gan-fedcba9876543210"
+    # keys that are not short lower-case tokens are hashed: same input, same name
+    odd = job_name_for("train_gan", "runs/gan/Some Key")
+    assert odd == job_name_for("train_gan", "runs/gan/Some Key")
+    assert odd != job_name_for("train_gan", "runs/gan/Other Key")
+    assert re.fullmatch(r"fa-train-gan-[0-9a-f]{16}", odd)
+    longest = job_name_for("train_classifier", "x" * 500)
+    assert len(longest) == 36 <= launch.MAX_NAME_LENGTH
+    render("trainjob", name=longest)  # accepted by the renderer
+    with pytest.raises(ValueError, match="step 'preprocess'"):
+        job_name_for("preprocess", "abc")
+    with pytest.raises(ValueError, match="key is empty"):
+        job_name_for("train_gan", "")
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def api_error(status: int) -> ApiException:
+    return ApiException(status=status, reason={404: "Not Found", 409: "Conflict"}.get(status, "x"))
+
+
+class FakeCustomObjects:
+    """Plays the API server and the controller: each read advances the job's status."""
+
+    def __init__(self, statuses: list[dict[str, Any]] | None = None) -> None:
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.statuses = list(statuses or [])
+        self.calls: list[tuple[str, str]] = []
+        self.read_errors: list[Exception] = []
+        self.create_error: Exception | None = None
+
+    def _key(self, group: str, namespace: str, plural: str, name: str) -> tuple[str, ...]:
+        return (group, namespace, plural, name)
+
+    def create_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append(("create", body["metadata"]["name"]))
+        if self.create_error is not None:
+            raise self.create_error
+        key = self._key(group, namespace, plural, body["metadata"]["name"])
+        if key in self.objects:
+            raise api_error(409)
+        self.objects[key] = copy.deepcopy(body)
+        return body
+
+    def get_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> dict[str, Any]:
+        self.calls.append(("get", name))
+        if self.read_errors:
+            raise self.read_errors.pop(0)
+        key = self._key(group, namespace, plural, name)
+        if key not in self.objects:
+            raise api_error(404)
+        obj = self.objects[key]
+        if self.statuses:
+            obj["status"] = self.statuses.pop(0)
+        return copy.deepcopy(obj)
+
+    def delete_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str, **kw: Any
+    ) -> None:
+        self.calls.append(("delete", name))
+        assert kw.get("propagation_policy") == "Foreground"
+        if self.objects.pop(self._key(group, namespace, plural, name), None) is None:
+            raise api_error(404)
+
+    def count(self, verb: str) -> int:
+        return sum(1 for v, _ in self.calls if v == verb)
+
+
+def cond(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]}
+
+
+RUNNING = {
+    "conditions": [
+        {"type": "Created", "status": "True", "reason": "JobsCreationSucceeded"},
+        {"type": "Running", "status": "True", "reason": "Running"},
+    ]
+}
+
+
+def test_trainjob_created_once_then_attached() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects([{}, RUNNING, cond("Complete", "JobSetCompleted", "done")])
+    result = launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    assert result == JobResult(
+        kind="trainjob",
+        name="fa-train-classifier-0123456789abcdef",
+        namespace=NS,
+        created=True,
+        condition="Complete",
+        reason="JobSetCompleted",
+        message="done",
+        elapsed_s=result.elapsed_s,
+        logs_command=result.logs_command,
+    )
+    assert api.count("create") == 1
+    assert "jobset.sigs.k8s.io/jobset-name=fa-train-classifier-0123456789abcdef" in (
+        result.logs_command
+    )
+    stored = {k: v for k, v in next(iter(api.objects.values())).items() if k != "status"}
+    assert stored == job  # submitted exactly as rendered
+    # A retried launcher (same name) attaches: no second create.
+    again = launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    assert api.count("create") == 1
+    assert (again.created, again.condition) == (False, "Complete")
+
+
+def test_running_job_found_is_watched_not_recreated() -> None:
+    job = render("pytorchjob")
+    api = FakeCustomObjects()
+    api.create_namespaced_custom_object("kubeflow.org", "v1", NS, "pytorchjobs", job)
+    api.calls.clear()
+    api.statuses = [RUNNING, RUNNING, cond("Succeeded", "PyTorchJobSucceeded", "ok")]
+    result = launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    assert (result.created, result.condition, result.reason) == (
+        False,
+        "Succeeded",
+        "PyTorchJobSucceeded",
+    )
+    assert api.count("create") == 0
+
+
+def test_failed_job_raises_with_reason_and_log_command() -> None:
+    job = render("pytorchjob")
+    api = FakeCustomObjects(
+        [RUNNING, cond("Failed", "BackoffLimitExceeded", "Master pod exited with code 3")]
+    )
+    with pytest.raises(RuntimeError) as info:
+        launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    text = str(info.value)
+    assert "PyTorchJob fashion-attr/fa-train-classifier-0123456789abcdef failed" in text
+    assert "BackoffLimitExceeded" in text and "Master pod exited with code 3" in text
+    assert (
+        "kubectl -n fashion-attr logs -l "
+        "training.kubeflow.org/job-name=fa-train-classifier-0123456789abcdef"
+    ) in text
+
+
+def test_condition_with_status_false_is_not_terminal() -> None:
+    job = render("trainjob")
+    not_failed = {"conditions": [{"type": "Failed", "status": "False", "reason": "x"}]}
+    api = FakeCustomObjects([not_failed, cond("Complete")])
+    assert launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5).condition == "Complete"
+
+
+def test_timeout_raises_and_deletes_the_job() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects([RUNNING])  # stays running
+    with pytest.raises(TimeoutError, match=r"did not finish within 0\.05 s and was deleted"):
+        launch_and_wait(job, api=api, poll_s=0.01, timeout_s=0.05)
+    assert api.count("delete") == 1 and not api.objects
+
+
+def test_timeout_can_keep_the_job() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects([RUNNING])
+    with pytest.raises(TimeoutError, match=r"within 0\.03 s\. Logs"):
+        launch_and_wait(job, api=api, poll_s=0.01, timeout_s=0.03, delete_on_timeout=False)
+    assert api.count("delete") == 0 and len(api.objects) == 1
+
+
+def test_existing_failed_job_is_replaced() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects()
+    api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", job)
+    api.calls.clear()
+    api.statuses = [cond("Failed", "DeadlineExceeded", "old"), RUNNING, cond("Complete")]
+    result = launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    verbs = [v for v, _ in api.calls]
+    assert verbs[:4] == ["get", "delete", "get", "create"]
+    assert (result.created, result.condition) == (True, "Complete")
+
+
+def test_existing_failed_job_is_reported_when_not_replacing() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects()
+    api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", job)
+    api.statuses = [cond("Failed", "DeadlineExceeded", "old")]
+    with pytest.raises(RuntimeError, match="DeadlineExceeded: old"):
+        launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5, replace_failed=False)
+    assert api.count("delete") == 0
+
+
+def test_create_conflict_attaches() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects([{}, cond("Complete")])
+    api.create_error = api_error(409)
+    # get -> 404 (absent), create -> 409 (another launcher won), then the job is watched
+    api.objects[("trainer.kubeflow.org", NS, "trainjobs", job["metadata"]["name"])] = {}
+    api.read_errors = [api_error(404)]
+    result = launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    assert (result.created, result.condition) == (False, "Complete")
+
+
+def test_missing_crd_names_the_operator() -> None:
+    api = FakeCustomObjects()
+    api.create_error = api_error(404)
+    with pytest.raises(RuntimeError, match="install the Kubeflow Training Operator v1"):
+        launch_and_wait(render("pytorchjob"), api=api, poll_s=0.001, timeout_s=5)
+
+
+def test_transient_read_errors_are_retried_others_raise() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects([RUNNING, cond("Complete")])
+    launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)  # creates
+    api.statuses = [cond("Complete")]
+    api.read_errors = [api_error(404), api_error(503), api_error(500), api_error(429)]
+    api.objects.clear()
+    result = launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    assert result.condition == "Complete"
+    api.read_errors = [api_error(403)]
+    with pytest.raises(ApiException):
+        launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    api.read_errors = [api_error(503)] * 3
+    with pytest.raises(ApiException):
+        launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5, max_api_errors=1)
+
+
+def test_job_deleted_while_waiting() -> None:
+    job = render("trainjob")
+    api = FakeCustomObjects([RUNNING])
+    api.read_errors = [api_error(404)]  # absent at first: created
+    original_create = api.create_namespaced_custom_object
+
+    def create_then_vanish(*a: Any, **kw: Any) -> dict[str, Any]:
+        body = original_create(*a, **kw)
+        api.objects.clear()
+        return body
+
+    api.create_namespaced_custom_object = create_then_vanish  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="was deleted while the launcher waited"):
+        launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+
+
+def test_not_a_training_job_is_rejected() -> None:
+    with pytest.raises(ValueError, match="not a TrainJob"):
+        launch_and_wait({"apiVersion": "batch/v1", "kind": "Job"}, api=FakeCustomObjects())
+
+
+class FakeCore:
+    def __init__(self, secrets: set[str], status: int = 404) -> None:
+        self.secrets, self.status = secrets, status
+        self.read: list[str] = []
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> object:
+        self.read.append(name)
+        if name not in self.secrets:
+            raise api_error(self.status)
+        return object()
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str) -> Any:
+        assert label_selector == f"jobset.sigs.k8s.io/jobset-name={NAME}"
+        pod = SimpleNamespace(metadata=SimpleNamespace(name="fa-node-0-0-abcde"))
+        return SimpleNamespace(items=[pod])
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> str:
+        assert kw["tail_lines"] == 50
+        return "train_classifier: failed: loss is NaN"
+
+
+def test_missing_secret_fails_before_submitting() -> None:
+    api = FakeCustomObjects()
+    core = FakeCore({"object-store-credentials"})
+    missing = r"Secret\(s\) mlflow-credentials do not exist in namespace fashion-attr"
+    with pytest.raises(RuntimeError, match=missing):
+        launch_and_wait(render("trainjob"), api=api, core_api=core, poll_s=0.001, timeout_s=5)
+    assert api.count("create") == 0
+    # AWS_ENDPOINT_URL's ConfigMap is optional and ConfigMaps are not checked: Secrets only
+    assert sorted(core.read) == ["mlflow-credentials", "object-store-credentials"]
+    forbidden = FakeCore(set(), status=403)
+    with pytest.raises(RuntimeError, match="service_account='pipeline-runner'"):
+        launch_and_wait(render("trainjob"), api=api, core_api=forbidden, timeout_s=5)
+
+
+def test_failure_copies_pod_log_tails(caplog: pytest.LogCaptureFixture) -> None:
+    api = FakeCustomObjects([cond("Failed", "JobSetFailed", "node-0 failed")])
+    core = FakeCore({"object-store-credentials", "mlflow-credentials"})
+    with (
+        caplog.at_level(logging.ERROR, logger="fashion_attr.launch"),
+        pytest.raises(RuntimeError, match="JobSetFailed"),
+    ):
+        launch_and_wait(render("trainjob"), api=api, core_api=core, poll_s=0.001, timeout_s=5)
+    assert "loss is NaN" in caplog.text and "fa-node-0-0-abcde" in caplog.text
+
+
+def test_run_step_on_cluster_names_the_job_from_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FA_NAMESPACE", "team-a")
+    api = FakeCustomObjects([cond("Complete")])
+    result = launch.run_step_on_cluster(
+        "train_gan",
+        ["--data", "d", "--out", "s3://b/runs/gan/fedcba9876543210"],
+        key="fedcba9876543210",
+        nodes=2,
+        gpus_per_node=8,
+        image=IMAGE,
+        kind="trainjob",
+        api=api,
+        poll_s=0.001,
+        timeout_s=5,
+    )
+    assert (result.name, result.namespace) == ("fa-train-gan-fedcba9876543210", "team-a")
+    (stored,) = api.objects.values()
+    assert stored["spec"]["trainer"]["args"][:4] == ["--nnodes", "2", "--nproc_per_node", "8"]
+
+
+def test_no_cluster_configuration_is_explained(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    with pytest.raises(RuntimeError, match=r"no Kubernetes API configuration.*KUBECONFIG"):
+        launch_and_wait(render("trainjob"), timeout_s=1)
