@@ -26,6 +26,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "UnsafeArtifactError",
     "capture_rng",
+    "check_world_size",
     "load_artifact",
     "restore_rng",
     "save_artifact",
@@ -61,6 +62,24 @@ def load_artifact(uri: str | os.PathLike[str], map_location: str | torch.device 
             f"(torch.load weights_only=True said: {str(exc).splitlines()[0]}). Fix: only load "
             "artifacts written by this pipeline; re-export the model from its checkpoint"
         ) from exc
+
+
+def check_world_size(state: dict[str, Any], world_size: int, uri: str) -> None:
+    """Refuse to resume a checkpoint written by a run with another number of ranks.
+
+    Loader positions and RNG states are saved per rank; with another world size
+    they cannot be mapped onto this run's ranks, and continuing would not be exact.
+
+    Raises:
+        ValueError: naming both world sizes and the fix.
+    """
+    saved = len(state.get("samples_consumed", []))
+    if saved != world_size:
+        raise ValueError(
+            f"{uri} was written by a run with {saved} process(es); this run has {world_size}. "
+            f"Fix: resume with the same number of processes (torchrun --nproc_per_node {saved}), "
+            "or start over with --no-resume or a fresh output URI"
+        )
 
 
 def capture_rng(*generators: torch.Generator) -> dict[str, Any]:

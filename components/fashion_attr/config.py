@@ -262,19 +262,69 @@ def _section(data: Mapping[str, Any], section: str) -> dict[str, Any]:
     return dict(data)
 
 
-def _format_validation(model: type[BaseModel], err: ValidationError, source: str) -> str:
+def _key_lines(text: str, section: str) -> dict[str, int]:
+    """1-based line of every (dotted) key of a config file's step section, for messages."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    top = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+    if any(name in top for name in _SECTIONS.values()):
+        node = top.get(section)
+    out: dict[str, int] = {}
+
+    def walk(n: Any, prefix: str) -> None:
+        if not isinstance(n, yaml.MappingNode):
+            return
+        for k, v in n.value:
+            if isinstance(k, yaml.ScalarNode):
+                name = prefix + str(k.value)
+                out[name] = k.start_mark.line + 1
+                walk(v, name + ".")
+
+    walk(node, "")
+    return out
+
+
+def _flat_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + str(key))
+        if isinstance(value, Mapping):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _format_validation(
+    model: type[BaseModel],
+    err: ValidationError,
+    source: str,
+    file_lines: Mapping[str, int] | None = None,
+    file_name: str | None = None,
+    later_keys: set[str] | None = None,
+) -> str:
     lines = [f"invalid {_SECTIONS.get(model, model.__name__)} config ({source}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        parts = [str(p) for p in e["loc"]]
+        loc = ".".join(parts) or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             allowed = ", ".join(sorted(_allowed_fields(model, e["loc"][:-1])))
             msg = f"unknown field. Fix: use one of: {allowed}"
-        elif e["type"] == "literal_error":
+        elif parts:
             msg = f"{msg} (got {e.get('input')!r})"
-        else:
-            msg = f"{msg} (got {e.get('input')!r})"
-        lines.append(f"  - {loc}: {msg}")
+        # Name the file line where the bad value was written (unless --set replaced it).
+        where = ""
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if later_keys and key in later_keys:
+                break
+            if file_lines and key in file_lines:
+                where = f" [{file_name}, line {file_lines[key]}]"
+                break
+        lines.append(f"  - {loc}: {msg}{where}")
     return "\n".join(lines)
 
 
@@ -317,31 +367,48 @@ def load_config(
     section = _SECTIONS[model]
     data: dict[str, Any] = {}
     sources = []
+    file_lines: dict[str, int] = {}
+    file_name: str | None = None
     if preset:
         data = _deep_merge(data, _section(_preset_data(preset), section))
         sources.append(f"preset {preset}")
     if config_file:
         path = Path(config_file)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+            loaded = yaml.safe_load(text) or {}
         except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} does not exist") from exc
+            raise ConfigError(
+                f"config file {path} does not exist. Fix: pass the path of a YAML file"
+            ) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of fields")
         data = _deep_merge(data, _section(loaded, section))
         sources.append(str(path))
+        file_lines, file_name = _key_lines(text, section), str(path)
+    later: dict[str, Any] = {}
     if overrides:
-        data = _deep_merge(data, parse_overrides(overrides))
+        later = parse_overrides(overrides)
+        data = _deep_merge(data, later)
         sources.append("--set")
     if extra:
-        data = _deep_merge(data, {k: v for k, v in extra.items() if v is not None})
+        extra_set = {k: v for k, v in extra.items() if v is not None}
+        later = _deep_merge(later, extra_set)
+        data = _deep_merge(data, extra_set)
     try:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(
-            _format_validation(model, err, " < ".join(sources) or "defaults")
+            _format_validation(
+                model,
+                err,
+                " < ".join(sources) or "defaults",
+                file_lines,
+                file_name,
+                _flat_keys(later),
+            )
         ) from None
 
 

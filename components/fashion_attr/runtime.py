@@ -5,13 +5,23 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "autocast", "init_distributed", "resolve_device", "use_bf16"]
+__all__ = [
+    "DistContext",
+    "autocast",
+    "init_distributed",
+    "iter_keeping_rng",
+    "resolve_device",
+    "use_bf16",
+]
+
+_T = TypeVar("_T")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -35,6 +45,30 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "bf16":
         return True
     return precision == "auto" and device.type == "cuda"
+
+
+def iter_keeping_rng(iterable: Iterable[_T]) -> Iterator[_T]:
+    """``iter(iterable)`` without drawing from the global CPU torch RNG.
+
+    Starting a ``DataLoader`` iterator draws its workers' base seed from the
+    global RNG. A run resumed mid-epoch restores the RNG state its checkpoint
+    captured (after that epoch's iterator had drawn) and then starts a new
+    iterator, which would draw again: every later use of the global RNG
+    (dropout) would differ from the uninterrupted run. Our loaders seed their
+    augmentations per sample (seed, epoch, index), so the workers' base seed
+    carries no randomness the run depends on; the global state is put back.
+
+    Args:
+        iterable: typically a :class:`~fashion_attr.data.loader.ShardLoader`.
+
+    Returns:
+        The iterator.
+    """
+    state = torch.get_rng_state()
+    try:
+        return iter(iterable)
+    finally:
+        torch.set_rng_state(state)
 
 
 @contextlib.contextmanager

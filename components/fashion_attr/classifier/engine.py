@@ -35,6 +35,7 @@ from fashion_attr import storage
 from fashion_attr.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng,
+    check_world_size,
     load_artifact,
     restore_rng,
     save_artifact,
@@ -48,7 +49,14 @@ from fashion_attr.data.loader import make_loader, normalize_on_device
 from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
 from fashion_attr.gan.training_loop import load_generator
 from fashion_attr.hardness import HardLabelMemory, default_positives_per_image
-from fashion_attr.runtime import DistContext, autocast, init_distributed, resolve_device, use_bf16
+from fashion_attr.runtime import (
+    DistContext,
+    autocast,
+    init_distributed,
+    iter_keeping_rng,
+    resolve_device,
+    use_bf16,
+)
 from fashion_attr.tracking import Tracker
 
 __all__ = [
@@ -369,6 +377,7 @@ def _train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch = int(state["step"]), int(state["epoch"])
+        check_world_size(state, ctx.world_size, ckpt_uri)
         consumed = int(state["samples_consumed"][ctx.rank])
         best = state.get("best")
         history = list(state.get("history", []))
@@ -379,6 +388,10 @@ def _train(
         restore_rng(state["rng"][ctx.rank], *gens)
         resumed_from = step
         log.info("resuming train_classifier from step %d (epoch %d)", step, epoch)
+    best_uri = storage.join(out, "model_best.pt")
+    if resumed_from is None and ctx.is_main and storage.exists(best_uri):
+        # A fresh run (--no-resume into a used folder) must never export a stale best model.
+        storage.delete(best_uri)
 
     train_model: nn.Module = model
     if cfg.compile and device.type == "cuda":
@@ -478,7 +491,7 @@ def _train(
             if cfg.max_steps:
                 total_steps = min(total_steps, cfg.max_steps)
         model.train()
-        for images, targets, known, category in loader:
+        for images, targets, known, category in iter_keeping_rng(loader):
             if total_steps is not None and step >= total_steps:
                 stop = True
                 break
@@ -532,6 +545,7 @@ def _train(
         if not epoch_done:
             save(epoch, consumed)
             break
+        guard.check()  # a diverged model would fail validation with a misleading message
         # Validation at each epoch end (method.md section 6 metrics on the val split).
         val = _validate(
             model, cfg, info, data, device, ctx, cache_dir, mean, std, bf16, channels_last
@@ -552,16 +566,18 @@ def _train(
     guard.check()
     model_uri = storage.join(out, "model.pt")
     final_val = history[-1] if history else {}
-    if (ctx.is_main and epoch >= cfg.epochs) or (stop and ctx.is_main):
-        best_uri = storage.join(out, "model_best.pt")
+    if not final_val:
+        # Stopped (max_steps) before any epoch end: validate now. Every rank calls it
+        # (rank 0 computes, all meet at its barrier), or the ranks' barriers would not pair.
+        final_val = _validate(
+            model, cfg, info, data, device, ctx, cache_dir, mean, std, bf16, channels_last
+        )
+    final_val = {k: v for k, v in final_val.items() if k != "epoch"}
+    if ctx.is_main:
         if cfg.export == "best" and storage.exists(best_uri):
             blob = load_artifact(best_uri)
             final_val = dict(blob["val_metrics"])
         else:
-            val = final_val or _validate(
-                model, cfg, info, data, device, ctx, cache_dir, mean, std, bf16, channels_last
-            )
-            final_val = {k: v for k, v in val.items() if k != "epoch"}
             blob = _export_blob(model, cfg, info, final_val, step)
         save_artifact(model_uri, blob)
         labels = {

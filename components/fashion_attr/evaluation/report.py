@@ -209,7 +209,7 @@ def _tail_table(
 
 
 def _metric_order(groups: Sequence[str], ks: Sequence[int]) -> list[str]:
-    keys = [f"cat_top{k}_acc" for k in (1, *ks)]
+    keys = [f"cat_top{k}_acc" for k in dict.fromkeys((1, *ks))]  # ks may contain 1
     sets = [*groups, ALL_GROUP, TAIL_GROUP]
     for k in ks:
         keys += [f"attr_recall@{k}/{g}" for g in sets]

@@ -10,6 +10,16 @@ at each epoch end), ``generator.pt`` (the exported generator: weights, spec and
 condition layout, loadable with ``weights_only``), ``config.yaml``,
 ``metrics.jsonl`` and ``samples/epoch_XXX.png`` plus
 ``samples/epoch_XXX_perturbed.png`` (the "bad" generator at ``sigma_p``).
+
+Exact resume: the checkpoint holds both networks, both optimizers, the step,
+each rank's loader position and noise-generator state; loader iterators never
+draw from the global RNG (:func:`~fashion_attr.runtime.iter_keeping_rng`), so a
+resumed run ends bitwise equal to an uninterrupted one on CPU.
+
+Non-finite losses are recorded on the device at every step (no host sync) and
+checked at every log, checkpoint and epoch end: training stops with
+:class:`NonFiniteLossError` naming the first bad step and its terms, before any
+grid, checkpoint or export is written from the diverged weights.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from fashion_attr import storage
 from fashion_attr.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng,
+    check_world_size,
     load_artifact,
     restore_rng,
     save_artifact,
@@ -41,7 +52,14 @@ from fashion_attr.data.info import DatasetInfo
 from fashion_attr.data.loader import make_loader
 from fashion_attr.gan.loss import MRGANLoss, image_pyramid
 from fashion_attr.gan.networks import MRGANSpec, MRGenerator, build_gan, make_condition
-from fashion_attr.runtime import DistContext, autocast, init_distributed, resolve_device, use_bf16
+from fashion_attr.runtime import (
+    DistContext,
+    autocast,
+    init_distributed,
+    iter_keeping_rng,
+    resolve_device,
+    use_bf16,
+)
 from fashion_attr.tracking import Tracker
 
 __all__ = [
@@ -58,6 +76,44 @@ GENERATOR_FORMAT = "fashion_attr.generator/v1"
 
 class NonFiniteLossError(RuntimeError):
     """A loss turned NaN or Inf; training stopped and nothing was exported."""
+
+
+class _FiniteGuard:
+    """Remembers the first step whose loss terms were not finite, without a host sync per step.
+
+    Every step is observed on the device; :meth:`check` (at each log, checkpoint
+    and epoch end, before anything is written) reads the flag and raises naming
+    that first bad step and its terms, so a NaN between two checks is never missed
+    and never checkpointed.
+    """
+
+    NAMES = ("loss_d", "loss_g", "loss_dc")
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms = torch.zeros(len(self.NAMES), device=device)
+        self.has_dc = False
+
+    def observe(self, step: int, loss_d: Tensor, loss_g: Tensor, loss_dc: Tensor | None) -> None:
+        self.has_dc = self.has_dc or loss_dc is not None
+        dc = loss_dc if loss_dc is not None else torch.zeros_like(loss_g)
+        vals = torch.stack([loss_d.float(), loss_g.float(), dc.float()])
+        bad = ~torch.isfinite(vals).all() & (self.first_step < 0)
+        self.first_step = torch.where(bad, torch.full_like(self.first_step, step), self.first_step)
+        self.terms = torch.where(bad, vals, self.terms)
+
+    def check(self) -> None:
+        step = int(self.first_step)
+        if step < 0:
+            return
+        values = [float(v) for v in self.terms.cpu()]
+        names = self.NAMES if self.has_dc else self.NAMES[:2]
+        raise NonFiniteLossError(
+            f"train_gan: non-finite loss at step {step}: "
+            + ", ".join(f"{k}={v}" for k, v in zip(names, values, strict=False))
+            + ". Nothing was exported; the last good checkpoint is kept. Fix: lower train_gan.lr "
+            "or use precision=fp32"
+        )
 
 
 @dataclass
@@ -213,6 +269,7 @@ def _train(
         if G_ema is not None and "G_ema" in state:
             G_ema.load_state_dict(state["G_ema"])
         step, epoch = int(state["step"]), int(state["epoch"])
+        check_world_size(state, ctx.world_size, ckpt_uri)
         consumed = int(state["samples_consumed"][ctx.rank])
         restore_rng(state["rng"][ctx.rank], noise_gen)
         resumed_from = step
@@ -231,7 +288,7 @@ def _train(
     tracker.log_params({"config": config_to_dict(cfg), "data": data})
     tracker.set_tags({"dataset_version": info.version})
     if ctx.is_main:
-        if storage.exists(storage.join(out, "metrics.jsonl")):
+        if resumed_from is not None and storage.exists(storage.join(out, "metrics.jsonl")):
             storage.download_file(storage.join(out, "metrics.jsonl"), workdir / "metrics.jsonl")
         storage.write_text(storage.join(out, "config.yaml"), yaml.safe_dump(config_to_dict(cfg)))
 
@@ -250,6 +307,7 @@ def _train(
     total_steps = None
     t0, seen0 = time.time(), 0
     msc = objective_msc = float("nan")
+    guard = _FiniteGuard(device)
     stop = False
     while epoch < cfg.epochs and not stop:
         loader = make_loader(
@@ -278,7 +336,7 @@ def _train(
                     f"train split has fewer samples than batch_size={cfg.batch_size} per rank. "
                     "Fix: lower train_gan.batch_size"
                 )
-        for images, targets, known, category in loader:
+        for images, targets, known, category in iter_keeping_rng(loader):
             if total_steps is not None and step >= total_steps:
                 stop = True
                 break
@@ -303,12 +361,13 @@ def _train(
                     for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
                         b_ema.copy_(b)
             step += 1
+            guard.observe(step, d_terms.total, g_terms.total, g_terms.dc)
             consumed += images.shape[0]
             seen0 += images.shape[0]
             log_now = step % 10 == 0 or step == total_steps
             ckpt_now = step % cfg.checkpoint_every == 0
             if log_now or ckpt_now:
-                _check_finite(step, d_terms.total, g_terms.total, g_terms.dc)
+                guard.check()
             if log_now and ctx.is_main:
                 msc = objective.projection_correlation()
                 metrics = {
@@ -328,6 +387,8 @@ def _train(
             if total_steps is not None and step >= total_steps:
                 stop = True
                 break
+        # Before the grids and the checkpoint: nothing is written from weights that saw a NaN.
+        guard.check()
         if not stop or consumed >= batches_per_epoch * cfg.batch_size:
             epoch += 1
             consumed = 0
@@ -342,11 +403,11 @@ def _train(
                     storage.join(out, "samples", f"{name}{suffix}.png"),
                 )
                 tracker.log_artifact(workdir / f"{name}{suffix}.png", "samples")
-        _check_finite(step, d_terms.total, g_terms.total, g_terms.dc)
         _save(out, ctx, G, D, G_ema, opt_g, opt_d, step, epoch, consumed, noise_gen, cfg)
         if ctx.is_main:
             storage.upload_file(workdir / "metrics.jsonl", storage.join(out, "metrics.jsonl"))
 
+    guard.check()
     objective_msc = objective.projection_correlation()
     gen_uri = storage.join(out, "generator.pt")
     if ctx.is_main:
@@ -369,20 +430,6 @@ def _train(
     ctx.barrier()
     tracker.close()
     return GanResult(gen_uri, step, epoch, objective_msc, resumed_from)
-
-
-def _check_finite(step: int, loss_d: Tensor, loss_g: Tensor, loss_dc: Tensor | None) -> None:
-    terms = {"loss_d": float(loss_d), "loss_g": float(loss_g)}
-    if loss_dc is not None:
-        terms["loss_dc"] = float(loss_dc)
-    bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
-    if bad:
-        raise NonFiniteLossError(
-            f"train_gan: non-finite loss at step {step}: "
-            + ", ".join(f"{k}={v}" for k, v in terms.items())
-            + ". Nothing was exported; the last good checkpoint is kept. Fix: lower train_gan.lr "
-            "or use precision=fp32"
-        )
 
 
 def _save(
