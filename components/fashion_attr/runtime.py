@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 __all__ = [
     "DistContext",
+    "FiniteGuard",
+    "NonFiniteLossError",
     "autocast",
     "init_distributed",
     "iter_keeping_rng",
@@ -129,3 +131,56 @@ def init_distributed(device_name: str = "auto") -> DistContext:
             timeout=datetime.timedelta(minutes=30),
         )
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, initialised=True)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss turned NaN or Inf; training stopped and nothing was exported."""
+
+
+class FiniteGuard:
+    """Remembers the first step whose loss terms were not finite, without a host sync per step.
+
+    Every step is observed on the device (``torch.where``, no ``.item()``);
+    :meth:`check` reads the flag (at each log, checkpoint and epoch end, before
+    anything is written) and raises naming that first bad step and its terms, so
+    a NaN between two checks is never missed and never checkpointed.
+
+    Args:
+        step_name: the training step, for the message (``train_gan``).
+        names: the loss terms observed each step, in order.
+        fix: what to try, for the message.
+        device: where the losses live.
+    """
+
+    def __init__(self, step_name: str, names: tuple[str, ...], fix: str, device: torch.device):
+        self.step_name = step_name
+        self.names = names
+        self.fix = fix
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms = torch.zeros(len(names), device=device)
+        self.seen: set[str] = set()
+
+    def observe(self, step: int, *terms: torch.Tensor | None) -> None:
+        """Record this step's terms (None for a term not computed this step)."""
+        ref = next(t for t in terms if t is not None)
+        vals = []
+        for name, t in zip(self.names, terms, strict=True):
+            if t is not None:
+                self.seen.add(name)
+            vals.append((t if t is not None else torch.zeros_like(ref)).float())
+        stacked = torch.stack(vals)
+        bad = ~torch.isfinite(stacked).all() & (self.first_step < 0)
+        self.first_step = torch.where(bad, torch.full_like(self.first_step, step), self.first_step)
+        self.terms = torch.where(bad, stacked, self.terms)
+
+    def check(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any observed step was not finite."""
+        step = int(self.first_step)
+        if step < 0:
+            return
+        values = dict(zip(self.names, (float(v) for v in self.terms.cpu()), strict=True))
+        shown = ", ".join(f"{k}={v}" for k, v in values.items() if k in self.seen)
+        raise NonFiniteLossError(
+            f"{self.step_name}: non-finite loss at step {step}: {shown}. Training stopped; "
+            f"nothing was exported and the last good checkpoint is kept. Fix: {self.fix}"
+        )

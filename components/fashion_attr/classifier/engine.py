@@ -51,6 +51,8 @@ from fashion_attr.gan.training_loop import load_generator
 from fashion_attr.hardness import HardLabelMemory, default_positives_per_image
 from fashion_attr.runtime import (
     DistContext,
+    FiniteGuard,
+    NonFiniteLossError,
     autocast,
     init_distributed,
     iter_keeping_rng,
@@ -72,10 +74,6 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "fashion_attr.classifier/v1"
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss turned NaN or Inf; training stopped and nothing was exported."""
-
-
 @dataclass
 class TrainResult:
     """What a finished ``train_classifier`` produced."""
@@ -86,31 +84,6 @@ class TrainResult:
     val_metrics: dict[str, float]
     resumed_from_step: int | None
     deact_steps: int
-
-
-class _FiniteGuard:
-    """Remembers the first non-finite step on the device; read only when asked."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.terms = torch.zeros(2, device=device)
-
-    def observe(self, step: int, real: Tensor, sc: Tensor | None) -> None:
-        vals = torch.stack([real.float(), (sc if sc is not None else real * 0).float()])
-        bad = ~torch.isfinite(vals).all() & (self.first_step < 0)
-        self.first_step = torch.where(bad, torch.full_like(self.first_step, step), self.first_step)
-        self.terms = torch.where(bad, vals, self.terms)
-
-    def check(self) -> None:
-        step = int(self.first_step)
-        if step >= 0:
-            real, sc = (float(v) for v in self.terms.cpu())
-            raise NonFiniteLossError(
-                f"train_classifier: non-finite loss at step {step}: loss_real={real}, "
-                f"loss_sc={sc}. Training stopped; nothing was exported and the last good "
-                "checkpoint is kept. Fix: lower train_classifier.lr, check the input data, "
-                "or use precision=fp32"
-            )
 
 
 def _export_blob(
@@ -417,7 +390,12 @@ def _train(
     tracker.log_params({"config": config_to_dict(cfg), "data": data, "generator": generator_uri})
     tracker.set_tags({"dataset_version": info.version})
 
-    guard = _FiniteGuard(device)
+    guard = FiniteGuard(
+        "train_classifier",
+        ("loss_real", "loss_sc"),
+        "lower train_classifier.lr, check the input data, or use precision=fp32",
+        device,
+    )
     batches_per_epoch: int | None = None
     total_steps: int | None = None
     t0, seen = time.time(), 0

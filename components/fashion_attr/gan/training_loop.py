@@ -54,6 +54,8 @@ from fashion_attr.gan.loss import MRGANLoss, image_pyramid
 from fashion_attr.gan.networks import MRGANSpec, MRGenerator, build_gan, make_condition
 from fashion_attr.runtime import (
     DistContext,
+    FiniteGuard,
+    NonFiniteLossError,
     autocast,
     init_distributed,
     iter_keeping_rng,
@@ -72,48 +74,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 GENERATOR_FORMAT = "fashion_attr.generator/v1"
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss turned NaN or Inf; training stopped and nothing was exported."""
-
-
-class _FiniteGuard:
-    """Remembers the first step whose loss terms were not finite, without a host sync per step.
-
-    Every step is observed on the device; :meth:`check` (at each log, checkpoint
-    and epoch end, before anything is written) reads the flag and raises naming
-    that first bad step and its terms, so a NaN between two checks is never missed
-    and never checkpointed.
-    """
-
-    NAMES = ("loss_d", "loss_g", "loss_dc")
-
-    def __init__(self, device: torch.device) -> None:
-        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.terms = torch.zeros(len(self.NAMES), device=device)
-        self.has_dc = False
-
-    def observe(self, step: int, loss_d: Tensor, loss_g: Tensor, loss_dc: Tensor | None) -> None:
-        self.has_dc = self.has_dc or loss_dc is not None
-        dc = loss_dc if loss_dc is not None else torch.zeros_like(loss_g)
-        vals = torch.stack([loss_d.float(), loss_g.float(), dc.float()])
-        bad = ~torch.isfinite(vals).all() & (self.first_step < 0)
-        self.first_step = torch.where(bad, torch.full_like(self.first_step, step), self.first_step)
-        self.terms = torch.where(bad, vals, self.terms)
-
-    def check(self) -> None:
-        step = int(self.first_step)
-        if step < 0:
-            return
-        values = [float(v) for v in self.terms.cpu()]
-        names = self.NAMES if self.has_dc else self.NAMES[:2]
-        raise NonFiniteLossError(
-            f"train_gan: non-finite loss at step {step}: "
-            + ", ".join(f"{k}={v}" for k, v in zip(names, values, strict=False))
-            + ". Nothing was exported; the last good checkpoint is kept. Fix: lower train_gan.lr "
-            "or use precision=fp32"
-        )
 
 
 @dataclass
@@ -307,7 +267,12 @@ def _train(
     total_steps = None
     t0, seen0 = time.time(), 0
     msc = objective_msc = float("nan")
-    guard = _FiniteGuard(device)
+    guard = FiniteGuard(
+        "train_gan",
+        ("loss_d", "loss_g", "loss_dc"),
+        "lower train_gan.lr or use precision=fp32",
+        device,
+    )
     stop = False
     while epoch < cfg.epochs and not stop:
         loader = make_loader(
