@@ -141,8 +141,16 @@ def s3_client() -> Any:
 
 def _reraise(uri: str, exc: Exception) -> None:
     """Turn permanent boto errors into :class:`StorageError`; re-raise others as is."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import ClientError, NoCredentialsError
 
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):
+        # boto3's upload_file wraps the ClientError (NoSuchBucket, InvalidAccessKeyId, ...)
+        # in an error that only quotes it: judge the wrapped one.
+        try:
+            _reraise(uri, exc.__context__)
+        except ClientError:
+            raise exc from None
     if isinstance(exc, NoCredentialsError):
         raise StorageError(
             f"{uri}: no S3 credentials found. Fix: set AWS_ACCESS_KEY_ID and "
@@ -152,6 +160,14 @@ def _reraise(uri: str, exc: Exception) -> None:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _PERMANENT:
             raise StorageError(f"{uri}: S3 answered {code}. Fix: {_PERMANENT[code]}") from exc
+        if code in {"403", "Forbidden"}:
+            # A HEAD answer has no body, so S3 gives the bare status: bad credentials
+            # and a denied prefix look alike.
+            raise StorageError(
+                f"{uri}: S3 answered 403 Forbidden (bad credentials or no access). Fix: check "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Kubernetes secret "
+                "object-store-credentials) and that they may access this prefix"
+            ) from exc
         if code in {"404", "NoSuchKey", "NotFound"}:
             raise FileNotFoundError(f"{uri}: no such object") from exc
     raise exc

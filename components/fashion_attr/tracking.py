@@ -87,6 +87,11 @@ class Tracker:
     def _start_mlflow(self) -> None:
         import mlflow
 
+        from fashion_attr.registry.mlflow_registry import adopt_uri_credentials
+
+        # user:password@ in MLFLOW_TRACKING_URI would be printed in MLflow's run links:
+        # move it into MLFLOW_TRACKING_USERNAME/PASSWORD first.
+        adopt_uri_credentials()
         self._mlflow = mlflow
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "fashion-attr")
         mlflow.set_experiment(experiment)

@@ -70,6 +70,10 @@ _LAYOUT_FIX = (
     "(docs/deepfashion-c-format.md)"
 )
 _INT_RE = re.compile(r"[+-]?[0-9]+")
+# Longest integer field accepted (sign included). No count, label or pixel coordinate
+# needs more, and Python refuses int() of a string beyond 4300 digits with a bare
+# ValueError that names neither file nor line.
+_MAX_INT_CHARS = 19
 # Last whitespace-separated field is the type; everything before it (trimmed) is the name.
 _NAME_TYPE_RE = re.compile(r"^(.*?\S)\s+(\S+)$")
 # One canonical str object per split, so 289k records share three strings.
@@ -288,6 +292,10 @@ def _iter_records(lines: Iterable[str | bytes], name: str) -> Iterator[tuple[int
     if first is None:
         raise AnnotationError(name, 1, "the file is empty", _LAYOUT_FIX)
     head = _as_str(first, name, 1).strip().lstrip("\ufeff")  # tolerate a UTF-8 BOM
+    if len(head) > _MAX_INT_CHARS and _INT_RE.fullmatch(head):
+        raise AnnotationError(
+            name, 1, f"line 1 declares a record count of {len(head)} digits", _LAYOUT_FIX
+        )
     if not _INT_RE.fullmatch(head) or int(head) < 0:
         raise AnnotationError(
             name, 1, f"line 1 must be the record count, found {head[:60]!r}", _LAYOUT_FIX
@@ -357,6 +365,14 @@ def _int_field(tok: str, name: str, line_no: int, column: str) -> int:
             line_no,
             f"field '{column}' must be an integer, found {tok!r}",
             f"write {column} as a whole number",
+        )
+    if len(tok) > _MAX_INT_CHARS:
+        raise AnnotationError(
+            name,
+            line_no,
+            f"field '{column}' is an integer of {len(tok)} characters, too large "
+            f"(at most {_MAX_INT_CHARS})",
+            f"write {column} as a whole number of at most {_MAX_INT_CHARS - 1} digits",
         )
     return int(tok)
 

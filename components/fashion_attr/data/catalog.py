@@ -144,7 +144,10 @@ def _parse_bbox(value: object, file: str, line: int) -> tuple[int, int, int, int
     coords: list[int] = []
     for v in value:
         # bool is an int subclass; true/false is never a coordinate.
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _type_error(file, line, "bbox", expected, value)
+        # An int is always finite (and math.isfinite overflows on one beyond 1e308).
+        if isinstance(v, float) and not math.isfinite(v):
             raise _type_error(file, line, "bbox", expected, value)
         coords.append(round(v))
     x1, y1, x2, y2 = coords
@@ -213,6 +216,16 @@ def read_catalog_jsonl(
                 f"invalid JSON at column {e.colno}: {e.msg}",
                 f"write one JSON object per line, e.g. {_EXAMPLE}",
             ) from e
+        except (ValueError, RecursionError) as e:
+            # json.loads raises a bare ValueError for an integer literal beyond Python's
+            # 4300-digit limit and RecursionError for arrays/objects nested ~1000 deep.
+            problem = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+            raise AnnotationError(
+                name,
+                line_no,
+                f"unreadable JSON ({problem})",
+                f"write one flat JSON object per line, e.g. {_EXAMPLE}",
+            ) from None
         if not isinstance(obj, dict):
             raise AnnotationError(
                 name,
@@ -243,6 +256,14 @@ def read_catalog_jsonl(
         image = obj["image"]
         if not isinstance(image, str) or not image.strip():
             raise _type_error(name, line_no, "image", "a non-empty path or s3:// URI", image)
+        try:
+            image.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate escape ("\\ud800") decodes to a str that no file system
+            # path, S3 key or shard name can hold: refuse it here, with the line.
+            raise _type_error(
+                name, line_no, "image", "a path of valid Unicode characters", image
+            ) from None
         if image in seen:
             raise AnnotationError(
                 name,

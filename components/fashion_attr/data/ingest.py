@@ -570,10 +570,13 @@ def _ingest_tasks(
                 writer.close()
     except BaseException:
         # Unpublish what this run wrote (a rerun would overwrite it anyway; a bad
-        # input should leave nothing behind).
+        # input should leave nothing behind) -- unless a concurrent run of the same
+        # version has published it meanwhile: its manifest names these very files.
+        published = _manifest_exists_quietly(version_uri)
         for writer in writers.values():
             writer.abort()
-            _delete_quietly([storage.join(version_uri, w.name) for w in writer.written])
+            if not published:
+                _delete_quietly([storage.join(version_uri, w.name) for w in writer.written])
         _remove_empty_local_dir(version_uri)
         raise
     shards = {
@@ -585,6 +588,12 @@ def _ingest_tasks(
         if split in writers
     }
     return _PartOutput(acc, shards, index_buf.getvalue(), entries)
+
+
+def _manifest_exists_quietly(version_uri: str) -> bool:
+    with contextlib.suppress(Exception):
+        return storage.exists(storage.join(version_uri, MANIFEST_NAME))
+    return False
 
 
 def _delete_quietly(uris: Iterable[str]) -> None:

@@ -419,7 +419,13 @@ class ShardWriter:
 
     def _open(self) -> None:
         name = shard_name(self.split, self.part, self._number)
-        self._path = self._staging_dir() / f".{name}.tmp"
+        # A name unique to this writer: two runs of the same version (a retried step
+        # racing the original) must never write into one shared temporary file; each
+        # renames its own complete, byte-identical shard into place.
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self._staging_dir())
+        os.chmod(fd, 0o644)  # mkstemp creates 0600; a published shard is readable like any file
+        os.close(fd)
+        self._path = Path(tmp)
         # Stays open across add() calls; closed by _close_current() or abort().
         self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = 0

@@ -43,7 +43,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +71,11 @@ __all__ = [
     "RegisterResult",
     "RegistryAuthError",
     "RegistryError",
+    "adopt_uri_credentials",
     "load_metrics",
     "metric_key",
     "register_and_gate",
+    "split_uri_credentials",
     "use_tracking_uri",
     "version_metrics",
 ]
@@ -200,27 +202,90 @@ def _check_model_file(path: str, source: str) -> dict[str, Any]:
     return {k: v for k, v in blob.items() if k != "state_dict"}
 
 
+_USERINFO = re.compile(
+    r"^(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@:\s]*)(?::(?P<pw>[^/@\s]*))?@"
+)
+
+
+def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """Split ``scheme://user:password@host/...`` into the bare URI, user and password.
+
+    Returns:
+        ``(uri without credentials, user or None, password or None)``, both
+        URL-unquoted; a URI without credentials comes back unchanged.
+    """
+    from urllib.parse import unquote
+
+    m = _USERINFO.match(uri or "")
+    if m is None:
+        return uri, None, None
+    user, pw = m.group("user"), m.group("pw")
+    return (
+        m.group("scheme") + uri[m.end() :],
+        unquote(user) if user else None,
+        unquote(pw) if pw is not None else None,
+    )
+
+
+def adopt_uri_credentials(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Move credentials out of ``MLFLOW_TRACKING_URI`` into the username/password variables.
+
+    MLflow prints the tracking URI as given (``View run ... at: <uri>/#/...``) when a
+    run ends, so ``http://user:password@host`` would put the password into every step's
+    log. Credentials already in ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``
+    take precedence (as they do in MLflow's HTTP client); the URI loses its credentials
+    either way. Only the ``user:password@`` form (MLflow's basic auth) is handled.
+
+    Args:
+        environ: The variables to edit (default: ``os.environ``).
+
+    Returns:
+        Whether the URI held credentials (and was rewritten).
+    """
+    env = os.environ if environ is None else environ
+    clean, user, pw = split_uri_credentials(env.get("MLFLOW_TRACKING_URI", ""))
+    if user is None or pw is None:
+        return False
+    env["MLFLOW_TRACKING_URI"] = clean
+    if not env.get("MLFLOW_TRACKING_USERNAME"):
+        env["MLFLOW_TRACKING_USERNAME"] = user
+    if not env.get("MLFLOW_TRACKING_PASSWORD"):
+        env["MLFLOW_TRACKING_PASSWORD"] = pw
+    return True
+
+
 @contextlib.contextmanager
 def use_tracking_uri(uri: str | None) -> Iterator[None]:
     """Point MLflow's fluent API (needed by ``log_model``) at ``uri``, then restore it.
 
     MLflow's own context manager restores its global but unsets ``MLFLOW_TRACKING_URI``
     when no URI had been set explicitly, so the variable is restored here too.
+    Credentials embedded in ``uri`` are moved to ``MLFLOW_TRACKING_USERNAME``/
+    ``MLFLOW_TRACKING_PASSWORD`` for the duration (see :func:`adopt_uri_credentials`).
     """
     if not uri:
+        adopt_uri_credentials()  # the URI from the environment: scrub it in place
         yield
         return
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    env = os.environ.get("MLFLOW_TRACKING_URI")
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {name: os.environ.get(name) for name in names}
+    scratch: dict[str, str] = {"MLFLOW_TRACKING_URI": uri}
+    scratch.update({k: v for k, v in saved.items() if k != "MLFLOW_TRACKING_URI" and v})
+    adopt_uri_credentials(scratch)
     try:
-        with _use_tracking_uri(uri):
+        for name in names[1:]:
+            if scratch.get(name):
+                os.environ[name] = scratch[name]
+        with _use_tracking_uri(scratch["MLFLOW_TRACKING_URI"]):
             yield
     finally:
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

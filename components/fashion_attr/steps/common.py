@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from fashion_attr.config import PRESETS, ConfigError
 
-__all__ = ["add_config_args", "run_cli"]
+__all__ = ["add_config_args", "run_cli", "scrub_tracking_uri"]
 
 EXIT_OK, EXIT_INPUT, EXIT_RUNTIME = 0, 2, 3
 
@@ -36,6 +37,19 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def scrub_tracking_uri() -> None:
+    """Move ``user:password@`` out of ``MLFLOW_TRACKING_URI`` into the MLflow credential variables.
+
+    MLflow echoes the tracking URI into the log when a run ends; see
+    :func:`fashion_attr.registry.mlflow_registry.adopt_uri_credentials`. Imports MLflow
+    only when the URI holds credentials.
+    """
+    if "@" in os.environ.get("MLFLOW_TRACKING_URI", ""):
+        from fashion_attr.registry.mlflow_registry import adopt_uri_credentials
+
+        adopt_uri_credentials()
+
+
 def run_cli(name: str, body: Callable[[], dict[str, Any]]) -> int:
     """Run a step body, print its JSON summary, and map failures to exit codes."""
     logging.basicConfig(
@@ -44,6 +58,7 @@ def run_cli(name: str, body: Callable[[], dict[str, Any]]) -> int:
     from fashion_attr.data.annotations import AnnotationError
     from fashion_attr.storage import StorageError
 
+    scrub_tracking_uri()
     try:
         summary = body()
     except (ConfigError, AnnotationError, FileNotFoundError, ValueError) as exc:

@@ -24,7 +24,7 @@ from typing import Any
 
 from fashion_attr import storage
 from fashion_attr.config import EvaluateConfig, config_to_dict, load_config
-from fashion_attr.steps.common import add_config_args, run_cli
+from fashion_attr.steps.common import add_config_args, run_cli, scrub_tracking_uri
 
 __all__ = ["main", "read_metrics", "run"]
 
@@ -147,6 +147,7 @@ def run(
         ks=cfg.ks,
         tail_threshold=cfg.tail_threshold,
     )
+    scrub_tracking_uri()  # also when called in-process (the KFP component), not via main()
     tracker = Tracker(None, "evaluate")
     tracker.set_tags({"dataset_version": info.version})
     tracker.log_metrics({k: v for k, v in metrics.items() if v is not None})
