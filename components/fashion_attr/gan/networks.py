@@ -238,9 +238,12 @@ def make_condition(cat_idx: Tensor, attr_multi_hot: Tensor | None, num_categorie
         )
     if num_categories < 0:
         raise ValueError(f"make_condition: num_categories must be >= 0, got {num_categories}")
+    # The range check reads values: only on CPU tensors, so a CUDA training step
+    # (Deact draws conditions every few iterations) never waits on the device.
     if (
         num_categories > 0
         and cat_idx.numel()
+        and cat_idx.device.type == "cpu"
         and (int(cat_idx.min()) < 0 or int(cat_idx.max()) >= num_categories)
     ):
         raise ValueError(
@@ -253,7 +256,10 @@ def make_condition(cat_idx: Tensor, attr_multi_hot: Tensor | None, num_categorie
         else torch.float32
     )
     if num_categories > 0:
-        one_hot = F.one_hot(cat_idx.long(), num_categories).to(dtype)
+        # scatter_ rather than F.one_hot, which checks the range with a host sync.
+        one_hot = torch.zeros(
+            (cat_idx.shape[0], num_categories), dtype=dtype, device=cat_idx.device
+        ).scatter_(1, cat_idx.long().unsqueeze(1), 1.0)
     else:  # attribute-only task: no category part, cat_idx is ignored
         one_hot = torch.zeros((cat_idx.shape[0], 0), dtype=dtype, device=cat_idx.device)
     if attr_multi_hot is None:
