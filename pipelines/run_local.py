@@ -10,7 +10,7 @@ running it again registers a new model version and applies the promotion gate.
 Usage::
 
     python -m pipelines.run_local [--runner subprocess|docker] [--workdir .local_pipeline]
-        [--images 600] [--seed N] [--preset tiny]
+        [--images 2000] [--seed N] [--preset tiny]
 """
 
 import argparse
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", default=".local_pipeline", help="Storage, MLflow and KFP outputs."
     )
-    parser.add_argument("--images", type=int, default=600, help="Demo images to generate.")
+    parser.add_argument("--images", type=int, default=2000, help="Demo images to generate.")
     parser.add_argument(
         "--seed", type=int, default=None, help="Demo seed (default: a new one per run)."
     )
