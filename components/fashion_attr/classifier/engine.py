@@ -16,6 +16,7 @@ and the terms, before anything is checkpointed or exported.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -563,8 +564,6 @@ def _train(
             "attributes": list(info.attribute_names),
             "attribute_groups": [int(g) for g in info.attribute_groups],
         }
-        import json
-
         storage.write_text(storage.join(out, "labels.json"), json.dumps(labels, indent=1))
         storage.upload_file(workdir / "metrics.jsonl", storage.join(out, "metrics.jsonl"))
     ctx.barrier()
