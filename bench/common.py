@@ -159,6 +159,20 @@ def load_mnist(
     return xt.unsqueeze(1), torch.from_numpy(y).to(device)
 
 
+def add_mnist_args(parser: Any, pool_help: str, test_help: str) -> None:
+    """The IDX files and the train-pool / test index ranges every MNIST script takes.
+
+    Args:
+        parser: an ``argparse.ArgumentParser``.
+        pool_help: what the training pool is used for, in this script.
+        test_help: what the test range is used for, in this script.
+    """
+    parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="IDX3 image file")
+    parser.add_argument("--labels", default=str(DEFAULT_LABELS), help="IDX1 label file")
+    parser.add_argument("--pool", default="0:5000", help=pool_help)
+    parser.add_argument("--test", default="5000:10000", help=test_help)
+
+
 def parse_range(text: str, name: str, limit: int | None = None) -> tuple[int, int]:
     """Parse ``"a:b"`` into a half-open index range.
 

@@ -69,10 +69,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="MR-GAN with/without DC loss: filter correlation, LeNet-FD, diversity.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--images", default=str(common.DEFAULT_IMAGES), help="IDX3 image file")
-    p.add_argument("--labels", default=str(common.DEFAULT_LABELS), help="IDX1 label file")
-    p.add_argument("--pool", default="0:5000", help="training images (GAN and LeNet)")
-    p.add_argument("--test", default="5000:10000", help="reference images of LeNet-FD")
+    common.add_mnist_args(
+        p, pool_help="training images (GAN and LeNet)", test_help="reference images of LeNet-FD"
+    )
     p.add_argument("--dc-weights", default="0,2e-6,100", help="DC weights to compare")
     p.add_argument("--scale", type=float, default=1.0, help="shrinks the GAN budget")
     p.add_argument("--gan-samples", type=int, default=1_000_000, help="GAN samples at scale 1")

@@ -161,10 +161,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="HABP vs baselines on a long-tailed multi-label MNIST-grid task.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--images", default=str(common.DEFAULT_IMAGES), help="IDX3 image file")
-    p.add_argument("--labels", default=str(common.DEFAULT_LABELS), help="IDX1 label file")
-    p.add_argument("--pool", default="0:5000", help="digit images of the training grids")
-    p.add_argument("--test", default="5000:10000", help="digit images of the test grids")
+    common.add_mnist_args(
+        p,
+        pool_help="digit images of the training grids",
+        test_help="digit images of the test grids",
+    )
     p.add_argument("--n-train", type=int, default=20000, help="training grids at scale 1")
     p.add_argument("--n-test", type=int, default=5000, help="test grids (not scaled)")
     p.add_argument("--scale", type=float, default=1.0, help="shrinks the training grids")

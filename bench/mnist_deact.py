@@ -82,10 +82,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Paper's Table 3: few-shot MNIST LeNet-5 vs + Deact vs AC-GAN.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--images", default=str(common.DEFAULT_IMAGES), help="IDX3 image file")
-    p.add_argument("--labels", default=str(common.DEFAULT_LABELS), help="IDX1 label file")
-    p.add_argument("--pool", default="0:5000", help="index range training subsets come from")
-    p.add_argument("--test", default="5000:10000", help="index range of the test images")
+    common.add_mnist_args(
+        p,
+        pool_help="index range training subsets come from",
+        test_help="index range of the test images",
+    )
     p.add_argument("--ns", default="25,50,100,500,1000", help="training-set sizes n")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (subsets) per n")
     p.add_argument("--seed", type=int, default=0, help="first seed")
