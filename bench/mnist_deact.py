@@ -25,10 +25,14 @@ Subsets are class-balanced by default (n // 10 per digit, the remainder
 spread over random digits); ``--subset random`` draws plain random images as
 the paper's "n random training images" (n = 25 may then miss a digit).
 
-Departures (also in the report): GAN Adam lr 2e-4, betas (0.5, 0.999) from
-``presets/mnist.yaml`` (method.md section 4 says 1e-4 for DeepFashion-C);
-the category hardness of the memory uses ``--hardness-gamma`` 1.2 (the
-paper does not state gamma for MNIST); one synthetic image per real image.
+GAN: Adam lr 1e-4 (method.md section 4, as ``presets/mnist.yaml``), betas
+(0.5, 0.999) as ``train_gan``. Departures (also in the report): the category
+hardness of the memory uses ``--hardness-gamma`` 1.2 (the paper does not state
+gamma for MNIST); one synthetic image per real image.
+
+Runs can be split over processes or machines (``--seed``/``--seeds``, ``--ns``,
+each with its own ``--out``) and combined afterwards with ``--merge DIR,DIR``,
+which rebuilds the table from the parts' ``runs.csv`` without training.
 
 Examples:
     Quick CPU run (about 10-15 min on 2 cores)::
@@ -44,6 +48,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,7 +114,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01, help="classifier SGD learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="classifier SGD momentum")
     p.add_argument("--gan-batch", type=int, default=128, help="GAN batch size")
-    p.add_argument("--gan-lr", type=float, default=2e-4, help="GAN Adam learning rate")
+    p.add_argument(
+        "--gan-lr", type=float, default=1e-4, help="GAN Adam learning rate (method.md section 4)"
+    )
     p.add_argument("--dc-weight", type=float, default=2e-6, help="DC loss weight (eq. 7-8)")
     p.add_argument(
         "--gan-top-channels",
@@ -129,6 +136,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--out", default=str(common.default_out(SCRIPT)), help="results folder")
+    p.add_argument(
+        "--merge",
+        default="",
+        help="comma list of results folders of earlier (partial) runs: combine their "
+        "runs.csv into one table in --out, without training",
+    )
     args = p.parse_args(argv)
     args.ns_list = common.parse_int_list(args.ns, "--ns")
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -252,6 +265,117 @@ def fmt(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}" if np.isfinite(mean) else "n/a"
 
 
+def paired_differences(cell: list[dict[str, float]]) -> list[float]:
+    """LeNet error minus Deact error per seed that has both (positive: Deact better)."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in cell:
+        by_seed.setdefault(int(r["seed"]), {})[str(r["method"])] = float(r["error"])
+    return [
+        e["lenet"] - e["deact"]
+        for _, e in sorted(by_seed.items())
+        if {"lenet", "deact"} <= e.keys()
+    ]
+
+
+RUN_HEADER = ["n", "seed", "method", "error", "sigma_p", "wall_s"]
+
+
+def read_runs(folder: Path) -> tuple[list[dict[str, float]], dict[str, str]]:
+    """Read a results folder's ``runs.csv``: the rows and its ``# key: value`` lines.
+
+    Raises:
+        SystemExit: The file is missing or a row is malformed (names file and line).
+    """
+    path = folder / "runs.csv"
+    if not path.is_file():
+        raise SystemExit(f"--merge: {path} not found; pass folders written by this script")
+    meta: dict[str, str] = {}
+    runs: list[dict[str, float]] = []
+    header: list[str] | None = None
+    with open(path, newline="") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.startswith("#"):
+                key, _, value = line[1:].strip().partition(": ")
+                meta[key] = value
+                continue
+            fields = next(csv.reader([line]))
+            if header is None:
+                header = fields
+                if header != RUN_HEADER:
+                    raise SystemExit(f"{path}:{lineno}: header {header}, expected {RUN_HEADER}")
+                continue
+            try:
+                rec = dict(zip(header, fields, strict=True))
+                runs.append(
+                    {
+                        "n": int(rec["n"]),
+                        "seed": int(rec["seed"]),
+                        "method": rec["method"],
+                        "error": float(rec["error"]),
+                        "sigma_p": float(rec["sigma_p"]),
+                        "wall_s": float(rec["wall_s"]),
+                    }
+                )
+            except (ValueError, KeyError) as exc:
+                raise SystemExit(f"{path}:{lineno}: bad row {fields!r} ({exc})") from exc
+    return runs, meta
+
+
+def merge_runs(folders: list[Path]) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
+    """Concatenate the runs of several folders; a repeated (n, seed, method) is an error."""
+    runs: list[dict[str, float]] = []
+    metas: list[dict[str, str]] = []
+    seen: dict[tuple[int, int, str], Path] = {}
+    for folder in folders:
+        part, meta = read_runs(folder)
+        for r in part:
+            key = (int(r["n"]), int(r["seed"]), str(r["method"]))
+            if key in seen:
+                raise SystemExit(
+                    f"--merge: n={key[0]} seed={key[1]} {key[2]} is in both {seen[key]} and "
+                    f"{folder}; give parts disjoint --seed/--seeds or --ns"
+                )
+            seen[key] = folder
+        runs += part
+        metas.append(meta)
+    return runs, metas
+
+
+def write_merged(args: argparse.Namespace, log: common.RunLog) -> int:
+    """``--merge``: one table from the parts' runs.csv (no training)."""
+    folders = [Path(f) for f in args.merge.split(",") if f.strip()]
+    runs, metas = merge_runs(folders)
+    ns = sorted({int(r["n"]) for r in runs})
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common.write_csv(
+        out / "runs.csv", RUN_HEADER, [[r[k] for k in RUN_HEADER] for r in runs], log.meta
+    )
+    header, md_rows, csv_table = summarise(runs, ns, methods)
+    common.write_csv(out / "table3.csv", csv_table[0], csv_table[1:], log.meta)
+    table = common.format_table(header, md_rows)
+    parts = "".join(
+        f"- part `{f}`: `{m.get('command', '?')}` on `{m.get('device', '?')}`, "
+        f"{m.get('cpu_count', '?')} CPUs, torch threads {m.get('torch_threads', '?')}\n"
+        for f, m in zip(folders, metas, strict=True)
+    )
+    wall = sum(float(r["wall_s"]) for r in runs)
+    (out / "table3.md").write_text(
+        "# MNIST few-shot (paper's Table 3), merged\n\n"
+        + log.meta_markdown()
+        + "\n"
+        + parts
+        + f"- training wall time summed over runs: {wall:.0f} s\n\n"
+        + table
+        + "\n"
+    )
+    log.print("Test error % on MNIST (mean ± std over seeds), merged from " + args.merge)
+    log.print(table)
+    log.print(f"# wrote {out / 'runs.csv'}, {out / 'table3.csv'}, {out / 'table3.md'}")
+    return 0
+
+
 def summarise(
     runs: list[dict[str, float]], ns: list[int], methods: list[str]
 ) -> tuple[list[str], list[list[str]], list[list[object]]]:
@@ -259,11 +383,19 @@ def summarise(
     header = ["n", "seeds"]
     for m in methods:
         header += [f"{m} (ours)", f"{m} (paper)"]
-    header += ["rel. red. Deact vs LeNet (ours)", "(paper)"]
+    header += ["rel. red. Deact vs LeNet (ours)", "(paper)", "paired LeNet - Deact", "Deact better"]
     csv_header = ["n", "seeds"]
     for m in methods:
         csv_header += [f"{m}_mean", f"{m}_std", f"{m}_paper"]
-    csv_header += ["rel_reduction", "rel_reduction_paper", "sigma_p"]
+    csv_header += [
+        "rel_reduction",
+        "rel_reduction_paper",
+        "sigma_p",
+        "paired_diff_mean",
+        "paired_diff_std",
+        "deact_better",
+        "paired_seeds",
+    ]
     md_rows: list[list[str]] = []
     csv_rows: list[list[object]] = []
     for n in ns:
@@ -290,6 +422,13 @@ def summarise(
         md += [f"{100 * red:+.1f} %" if np.isfinite(red) else "n/a", f"{100 * red_p:+.1f} %"]
         sig = [r["sigma_p"] for r in cell if r["method"] == "deact"]
         cr += [f"{red:.4f}", f"{red_p:.4f}", sig[0] if sig else ""]
+        # Same subset, same seed: the paired difference removes the subset's own variance,
+        # which dominates the per-method spread at small n.
+        diffs = paired_differences(cell)
+        d_mean, d_std = common.mean_std(diffs)
+        better = sum(d > 0 for d in diffs)
+        md += [fmt(d_mean, d_std), f"{better}/{len(diffs)}" if diffs else "n/a"]
+        cr += [f"{d_mean:.4f}", f"{d_std:.4f}", better, len(diffs)]
         md_rows.append(md)
         csv_rows.append(cr)
     return header, md_rows, [csv_header, *csv_rows]
@@ -300,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = common.resolve_device(args.device, args.threads)
     log = common.RunLog(SCRIPT, device)
     log.header()
+    if args.merge:
+        return write_merged(args, log)
     x_all, y_all = common.load_mnist(args.images, args.labels, device)
     pool = common.parse_range(args.pool, "--pool", x_all.shape[0])
     test = common.parse_range(args.test, "--test", x_all.shape[0])
@@ -328,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, float]] = []
-    run_header = ["n", "seed", "method", "error", "sigma_p", "wall_s"]
+    run_header = RUN_HEADER
     for n in args.ns_list:
         for s in range(args.seed, args.seed + args.seeds):
             idx = common.draw_subset(labels_np, pool, n, s, balanced=args.subset == "balanced")

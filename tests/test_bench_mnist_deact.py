@@ -1,0 +1,91 @@
+"""bench/mnist_deact.py runs end to end on any IDX digit set, and split runs merge.
+
+The benchmark is not a test of the method (its figures are in README); this
+checks the script's plumbing on a synthetic 200-image IDX pair written here, so
+it needs neither the real MNIST files nor a GPU: two parts with disjoint seeds,
+then ``--merge`` into one table with the paired column, and the errors a bad
+merge gets.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from idxdigits import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "mnist_deact.py"
+
+sys.path.insert(0, str(ROOT / "bench"))
+import mnist_deact  # noqa: E402
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--threads", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(600)
+def test_split_runs_merge_into_one_table(tmp_path: Path) -> None:
+    img, lab = write_idx(tmp_path)
+    common = [
+        *("--images", str(img), "--labels", str(lab), "--pool", "0:100", "--test", "100:200"),
+        *("--ns", "20", "--clf-samples", "640", "--gan-samples", "512", "--syn-batch", "8"),
+        *("--gan-top-channels", "8"),
+    ]
+    for part, first in (("a", "0"), ("b", "1")):
+        proc = _run(*common, "--seed", first, "--seeds", "1", "--out", str(tmp_path / part))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run("--merge", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "m" / "table3.csv", newline="") as fh:
+        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    assert len(rows) == 1 and rows[0]["n"] == "20" and rows[0]["seeds"] == "2"
+    assert rows[0]["paired_seeds"] == "2"
+    for method in ("lenet", "deact", "acgan"):
+        assert 0.0 <= float(rows[0][f"{method}_mean"]) <= 100.0
+    # The two parts' runs, one per (seed, method), all in the merged runs.csv.
+    merged, _ = mnist_deact.read_runs(tmp_path / "m")
+    assert sorted((r["seed"], r["method"]) for r in merged) == sorted(
+        (s, m) for s in (0, 1) for m in ("lenet", "deact", "acgan")
+    )
+    md = (tmp_path / "m" / "table3.md").read_text()
+    assert "paired LeNet - Deact" in md and str(tmp_path / "a") in md
+
+    # Overlapping parts are refused, naming both folders; the merged table is untouched.
+    before = (tmp_path / "m" / "table3.md").read_text()
+    proc = _run("--merge", f"{tmp_path / 'a'},{tmp_path / 'a'}", "--out", str(tmp_path / "m"))
+    assert proc.returncode != 0
+    assert "seed=0" in proc.stderr and "disjoint" in proc.stderr
+    assert (tmp_path / "m" / "table3.md").read_text() == before
+
+
+def test_bad_runs_csv_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "runs.csv").write_text(
+        "# script: mnist_deact\nn,seed,method,error,sigma_p,wall_s\n25,0,lenet,41.2,0,3\n"
+        "25,1,lenet,not-a-number,0,3\n"
+    )
+    with pytest.raises(SystemExit, match=r"runs\.csv:4: bad row"):
+        mnist_deact.read_runs(tmp_path)
+    with pytest.raises(SystemExit, match="not found"):
+        mnist_deact.read_runs(tmp_path / "missing")
+
+
+def test_paired_differences_only_count_seeds_with_both() -> None:
+    cell = [
+        {"n": 25, "seed": 0, "method": "lenet", "error": 40.0},
+        {"n": 25, "seed": 0, "method": "deact", "error": 38.0},
+        {"n": 25, "seed": 1, "method": "lenet", "error": 30.0},
+        {"n": 25, "seed": 1, "method": "deact", "error": 33.0},
+        {"n": 25, "seed": 2, "method": "lenet", "error": 50.0},
+    ]
+    assert mnist_deact.paired_differences(cell) == [2.0, -3.0]
