@@ -52,6 +52,7 @@ import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,9 @@ PAPER: dict[int, tuple[float, float, float, float]] = {
 }
 DEFAULT_SIGMA_P = 2.4
 
-METHODS = ("lenet", "deact", "acgan")
+#: ``deact_c``: Deact with the centred (shift-invariant) eq. 6, an option beyond the paper.
+METHODS = ("lenet", "deact", "acgan", "deact_c")
+DEFAULT_METHODS = ("lenet", "deact", "acgan")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -132,7 +135,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--hardness-gamma", type=float, default=1.2, help="gamma of the hardness")
     p.add_argument("--syn-batch", type=int, default=64, help="synthetic images per step")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    p.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS), help=f"subset of {','.join(METHODS)}"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--out", default=str(common.default_out(SCRIPT)), help="results folder")
@@ -168,15 +173,25 @@ def sigma_for(args: argparse.Namespace, n: int) -> float:
 
 
 @torch.no_grad()
-def test_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 error in % over the first 10 logits of the category head."""
+def test_error(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, with_max_logit: bool = False
+) -> Any:
+    """Top-1 error in % over the first 10 logits of the category head.
+
+    With ``with_max_logit``, also the mean over images of the largest of those
+    logits: eq. 6 on raw logits can be met by lowering all logits together,
+    which this shows on real images.
+    """
     model.eval()
     wrong = torch.zeros((), dtype=torch.long, device=x.device)
+    top = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], 1000):
         _, cat = model(x[i : i + 1000])
         wrong += (cat[:, :NUM_CLASSES].argmax(1) != y[i : i + 1000]).sum()
+        top += cat[:, :NUM_CLASSES].amax(1).double().sum()
     model.train()
-    return 100.0 * float(wrong) / x.shape[0]
+    err = 100.0 * float(wrong) / x.shape[0]
+    return (err, float(top) / x.shape[0]) if with_max_logit else err
 
 
 def train_lenet(
@@ -257,27 +272,43 @@ def train_acgan(
     return D
 
 
-def row(n: int, seed: int, method: str, err: float, sigma: float, wall: float) -> dict:
-    return {"n": n, "seed": seed, "method": method, "error": err, "sigma_p": sigma, "wall_s": wall}
+def row(
+    n: int,
+    seed: int,
+    method: str,
+    err: float,
+    sigma: float,
+    wall: float,
+    max_logit: float = float("nan"),
+) -> dict:
+    return {
+        "n": n,
+        "seed": seed,
+        "method": method,
+        "error": err,
+        "sigma_p": sigma,
+        "wall_s": wall,
+        "real_max_logit": max_logit,
+    }
 
 
 def fmt(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}" if np.isfinite(mean) else "n/a"
 
 
-def paired_differences(cell: list[dict[str, float]]) -> list[float]:
-    """LeNet error minus Deact error per seed that has both (positive: Deact better)."""
+def paired_differences(cell: list[dict[str, float]], method: str = "deact") -> list[float]:
+    """LeNet error minus ``method``'s error per seed that has both (positive: method better)."""
     by_seed: dict[int, dict[str, float]] = {}
     for r in cell:
         by_seed.setdefault(int(r["seed"]), {})[str(r["method"])] = float(r["error"])
     return [
-        e["lenet"] - e["deact"]
-        for _, e in sorted(by_seed.items())
-        if {"lenet", "deact"} <= e.keys()
+        e["lenet"] - e[method] for _, e in sorted(by_seed.items()) if {"lenet", method} <= e.keys()
     ]
 
 
-RUN_HEADER = ["n", "seed", "method", "error", "sigma_p", "wall_s"]
+RUN_HEADER = ["n", "seed", "method", "error", "sigma_p", "wall_s", "real_max_logit"]
+#: runs.csv of earlier versions lack the last column; --merge still reads them.
+RUN_HEADER_V1 = RUN_HEADER[:-1]
 
 
 def read_runs(folder: Path) -> tuple[list[dict[str, float]], dict[str, str]]:
@@ -301,7 +332,7 @@ def read_runs(folder: Path) -> tuple[list[dict[str, float]], dict[str, str]]:
             fields = next(csv.reader([line]))
             if header is None:
                 header = fields
-                if header != RUN_HEADER:
+                if header not in (RUN_HEADER, RUN_HEADER_V1):
                     raise SystemExit(f"{path}:{lineno}: header {header}, expected {RUN_HEADER}")
                 continue
             try:
@@ -314,6 +345,7 @@ def read_runs(folder: Path) -> tuple[list[dict[str, float]], dict[str, str]]:
                         "error": float(rec["error"]),
                         "sigma_p": float(rec["sigma_p"]),
                         "wall_s": float(rec["wall_s"]),
+                        "real_max_logit": float(rec.get("real_max_logit") or "nan"),
                     }
                 )
             except (ValueError, KeyError) as exc:
@@ -369,11 +401,41 @@ def write_merged(args: argparse.Namespace, log: common.RunLog) -> int:
         + f"- training wall time summed over runs: {wall:.0f} s\n\n"
         + table
         + "\n"
+        + max_logit_table(runs, ns, methods)
     )
     log.print("Test error % on MNIST (mean ± std over seeds), merged from " + args.merge)
     log.print(table)
     log.print(f"# wrote {out / 'runs.csv'}, {out / 'table3.csv'}, {out / 'table3.md'}")
     return 0
+
+
+def max_logit_table(runs: list[dict[str, float]], ns: list[int], methods: list[str]) -> str:
+    """Mean over seeds of the mean max category logit on the test images, per n and method.
+
+    Softmax CE ignores a shift common to all logits, so a Deact that lowers every logit
+    (eq. 6 on raw logits) shows here while the error stays put. Empty when not recorded.
+    """
+    rows = []
+    for n in ns:
+        vals = [
+            common.mean_std(
+                [
+                    r.get("real_max_logit", float("nan"))
+                    for r in runs
+                    if r["n"] == n and r["method"] == m
+                ]
+            )[0]
+            for m in methods
+        ]
+        if any(np.isfinite(v) for v in vals):
+            rows.append([str(n)] + [f"{v:.2f}" if np.isfinite(v) else "n/a" for v in vals])
+    if not rows:
+        return ""
+    return (
+        "\nMean largest category logit on the test images (mean over seeds):\n\n"
+        + common.format_table(["n", *methods], rows)
+        + "\n"
+    )
 
 
 def summarise(
@@ -384,6 +446,9 @@ def summarise(
     for m in methods:
         header += [f"{m} (ours)", f"{m} (paper)"]
     header += ["rel. red. Deact vs LeNet (ours)", "(paper)", "paired LeNet - Deact", "Deact better"]
+    centred = "deact_c" in methods
+    if centred:
+        header += ["paired LeNet - Deact centred", "better"]
     csv_header = ["n", "seeds"]
     for m in methods:
         csv_header += [f"{m}_mean", f"{m}_std", f"{m}_paper"]
@@ -396,6 +461,13 @@ def summarise(
         "deact_better",
         "paired_seeds",
     ]
+    if centred:
+        csv_header += [
+            "paired_c_diff_mean",
+            "paired_c_diff_std",
+            "deact_c_better",
+            "paired_c_seeds",
+        ]
     md_rows: list[list[str]] = []
     csv_rows: list[list[object]] = []
     for n in ns:
@@ -411,8 +483,8 @@ def summarise(
         md = [str(n), str(seeds)]
         cr: list[object] = [n, seeds]
         for m in methods:
-            pv = paper[paper_col[m]] if paper else float("nan")
-            md += [fmt(*stats[m]), f"{pv:.2f}" if paper else "n/a"]
+            pv = paper[paper_col[m]] if paper and m in paper_col else float("nan")
+            md += [fmt(*stats[m]), f"{pv:.2f}" if np.isfinite(pv) else "n/a"]
             cr += [f"{stats[m][0]:.4f}", f"{stats[m][1]:.4f}", pv]
         if "lenet" in stats and "deact" in stats and stats["lenet"][0] > 0:
             red = (stats["lenet"][0] - stats["deact"][0]) / stats["lenet"][0]
@@ -429,6 +501,12 @@ def summarise(
         better = sum(d > 0 for d in diffs)
         md += [fmt(d_mean, d_std), f"{better}/{len(diffs)}" if diffs else "n/a"]
         cr += [f"{d_mean:.4f}", f"{d_std:.4f}", better, len(diffs)]
+        if centred:
+            diffs = paired_differences(cell, "deact_c")
+            d_mean, d_std = common.mean_std(diffs)
+            better = sum(d > 0 for d in diffs)
+            md += [fmt(d_mean, d_std), f"{better}/{len(diffs)}" if diffs else "n/a"]
+            cr += [f"{d_mean:.4f}", f"{d_std:.4f}", better, len(diffs)]
         md_rows.append(md)
         csv_rows.append(cr)
     return header, md_rows, [csv_header, *csv_rows]
@@ -480,28 +558,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             sigma = sigma_for(args, n)
             if "lenet" in args.method_list:
                 with common.timer() as t:
-                    err = test_error(train_lenet(x, y, args, clf_steps, seed), x_test, y_test)
-                runs.append(row(n, s, "lenet", err, 0.0, t["s"]))
-                log.progress(f"n={n} seed={s} lenet error {err:.2f} % ({t['s']:.1f} s)")
-            if "deact" in args.method_list:
+                    model = train_lenet(x, y, args, clf_steps, seed)
+                    err, max_logit = test_error(model, x_test, y_test, with_max_logit=True)
+                runs.append(row(n, s, "lenet", err, 0.0, t["s"], max_logit))
+                log.progress(
+                    f"n={n} seed={s} lenet error {err:.2f} % (mean max logit on test images "
+                    f"{max_logit:.2f}; {t['s']:.1f} s)"
+                )
+            variants = [m for m in ("deact", "deact_c") if m in args.method_list]
+            G = None
+            for method in variants:
                 with common.timer() as t:
-                    cond = make_condition(y, None, NUM_CLASSES)
-                    G, _ = common.train_mrgan(
-                        x,
-                        cond,
-                        spec,
-                        steps=gan_steps,
-                        batch=args.gan_batch,
-                        lr=args.gan_lr,
-                        dc_weight=args.dc_weight,
-                        seed=seed,
-                        log=log,
-                        tag=f"n={n} seed={s}",
-                    )
-                    memory = HardLabelMemory(0, NUM_CLASSES, device=device)
+                    if G is None:  # one generator per cell, shared by both Deact variants
+                        G, _ = common.train_mrgan(
+                            x,
+                            make_condition(y, None, NUM_CLASSES),
+                            spec,
+                            steps=gan_steps,
+                            batch=args.gan_batch,
+                            lr=args.gan_lr,
+                            dc_weight=args.dc_weight,
+                            seed=seed,
+                            log=log,
+                            tag=f"n={n} seed={s}",
+                        )
                     deact = DeactLoss(
                         G,
-                        memory,
+                        HardLabelMemory(0, NUM_CLASSES, device=device),
                         sigma_p=sigma,
                         threshold=-4.6,
                         image_size=28,
@@ -509,12 +592,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         std=(0.5,),
                         in_channels=1,
                         seed=seed,
+                        centered=method == "deact_c",
                     )
                     model = train_lenet(x, y, args, clf_steps, seed, deact=deact)
-                    err = test_error(model, x_test, y_test)
-                runs.append(row(n, s, "deact", err, sigma, t["s"]))
+                    err, max_logit = test_error(model, x_test, y_test, with_max_logit=True)
+                runs.append(row(n, s, method, err, sigma, t["s"], max_logit))
                 log.progress(
-                    f"n={n} seed={s} deact (sigma_p {sigma}) error {err:.2f} % ({t['s']:.1f} s)"
+                    f"n={n} seed={s} {method} (sigma_p {sigma}) error {err:.2f} % "
+                    f"(mean max logit on test images {max_logit:.2f}; {t['s']:.1f} s)"
                 )
             if "acgan" in args.method_list:
                 with common.timer() as t:
@@ -544,6 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f"- total wall time: {log.elapsed():.0f} s\n\n"
         + table
         + "\n"
+        + max_logit_table(runs, args.ns_list, args.method_list)
     )
     log.print(f"# wrote {out / 'runs.csv'}, {out / 'table3.csv'}, {out / 'table3.md'}")
     return 0

@@ -27,6 +27,39 @@ def test_multiclass_hinge_with_threshold():
     assert deact_multiclass_loss(torch.full((2, 3), -6.0)).tolist() == [0.0, 0.0]
 
 
+def test_raw_logits_are_met_by_a_common_shift_centered_are_not():
+    """Eq. 6 on raw logits is satisfied by lowering every logit (CE on real images does not
+    see that shift); the centred variant gives the same value after any common shift."""
+    s = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 3.0]])
+    shifted = s - 20.0
+    assert deact_multiclass_loss(shifted).tolist() == [0.0, 0.0]
+    assert torch.allclose(
+        deact_multiclass_loss(s, centered=True), deact_multiclass_loss(shifted, centered=True)
+    )
+    # By hand, row 0: centred [1.5, -1.5, 0.0] -> relu(+4.6) = [6.1, 3.1, 4.6]; squares / 3.
+    assert deact_multiclass_loss(s, centered=True)[0].item() == pytest.approx(
+        (6.1**2 + 3.1**2 + 4.6**2) / 3, rel=1e-6
+    )
+
+
+def test_centered_is_smallest_at_the_uniform_prediction():
+    torch.manual_seed(0)
+    uniform = deact_multiclass_loss(torch.zeros(1, 10), centered=True)
+    assert uniform.item() == pytest.approx(4.6**2)
+    spread = deact_multiclass_loss(torch.randn(256, 10) * 3, centered=True)
+    assert bool((spread > uniform).all())
+    # Its gradient pulls a confident logit down relative to the others.
+    s = torch.tensor([[5.0, 0.0, 0.0]], requires_grad=True)
+    deact_multiclass_loss(s, centered=True).sum().backward()
+    assert s.grad[0, 0] > 0 and s.grad[0, 1] < 0
+    # Through eq. 10.
+    cs = torch.tensor([[0.0, -5.0]])
+    w = torch.tensor([2.0])
+    assert synthetic_complementary_loss(None, None, cs, w, centered=True).item() == (
+        pytest.approx(((2.5 + 4.6) ** 2 + (-2.5 + 4.6) ** 2) / 2, rel=1e-6)
+    )
+
+
 def test_weighted_average_eq10_by_hand():
     s = torch.tensor([[1.0, -2.0], [0.5, 0.0]], requires_grad=True)
     w = torch.tensor([[0.2, 0.4], [1.0, 0.5]], requires_grad=True)

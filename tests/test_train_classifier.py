@@ -164,6 +164,24 @@ def test_deact_every_n_steps_and_the_generator_stays_frozen(
     assert load_artifact(tmp_path / "clf" / "checkpoint.pt")["deact_steps"] == 5
 
 
+def test_deact_centered_option_reaches_the_loss(
+    demo_version: str, generator_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    original = DeactLoss.loss
+
+    def loss(self: DeactLoss, *args: Any) -> torch.Tensor:
+        seen.append(self.centered)
+        return original(self, *args)
+
+    monkeypatch.setattr(DeactLoss, "loss", loss)
+    _run(demo_version, tmp_path / "c", generator_uri, "deact.every=4", "deact.centered=true")
+    assert seen and all(seen)
+    seen.clear()
+    _run(demo_version, tmp_path / "d", generator_uri, "deact.every=4")
+    assert seen and not any(seen)  # method.md's eq. 6 on raw logits by default
+
+
 def test_deact_without_generator_exits_2_naming_the_fix(
     demo_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -131,6 +131,10 @@ class DeactConfig(_Frozen):
     sigma_p: float = Field(1.5, ge=0, description="Std of the generator perturbation.")
     batch_size: int | None = Field(None, ge=1, description="Synthetic batch; default = real.")
     threshold: float = Field(-4.6, description="T of the multi-class deactivation (eq. 6).")
+    centered: bool = Field(
+        False,
+        description="Centre the category logits before eq. 6 (shift-invariant; beyond method.md).",
+    )
     memory_momentum: float = Field(0.5, gt=0, lt=1)
     positives_per_image: int | None = Field(
         None, ge=1, description="Default: train mean positives per image, rounded, >= 1."

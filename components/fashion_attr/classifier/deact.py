@@ -44,6 +44,8 @@ class DeactLoss:
         memory: the hard-label memory the trainer updates from real batches.
         sigma_p: std of the perturbation on the projection block's output.
         threshold: ``T`` of the multi-class deactivation (eq. 6).
+        centered: centre the category logits before eq. 6 (shift-invariant variant
+            beyond method.md; see :func:`fashion_attr.losses.deact_multiclass_loss`).
         image_size: classifier input size (generated images are resized to it).
         mean: per-channel normalisation mean of the classifier input.
         std: per-channel normalisation std of the classifier input.
@@ -65,11 +67,13 @@ class DeactLoss:
         in_channels: int = 3,
         seed: int = 0,
         channels_last: bool = False,
+        centered: bool = False,
     ) -> None:
         self.generator = generator.eval().requires_grad_(False)
         self.memory = memory
         self.sigma_p = sigma_p
         self.threshold = threshold
+        self.centered = centered
         self.image_size = image_size
         self.in_channels = in_channels
         self.channels_last = channels_last
@@ -119,6 +123,7 @@ class DeactLoss:
             cat_logits if has_cat else None,
             cat_w if has_cat else None,
             threshold=self.threshold,
+            centered=self.centered,
         )
 
     def generator_fingerprint(self) -> Tensor:

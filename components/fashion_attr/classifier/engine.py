@@ -308,6 +308,7 @@ def _build_deact(
         in_channels=in_channels,
         seed=cfg.seed * 7919 + rank,
         channels_last=channels_last,
+        centered=cfg.deact.centered,
     )
 
 

@@ -52,12 +52,23 @@ def deact_binary_loss(attr_logits: Tensor) -> Tensor:
         return s * s
 
 
-def deact_multiclass_loss(cat_logits: Tensor, threshold: float = DEFAULT_THRESHOLD) -> Tensor:
+def deact_multiclass_loss(
+    cat_logits: Tensor, threshold: float = DEFAULT_THRESHOLD, *, centered: bool = False
+) -> Tensor:
     """Deactivation loss of a softmax head, ``(1/C) sum_k max(s_k - T, 0) ** 2`` (eq. 6).
+
+    With ``centered`` (an option beyond method.md, off by default) the logits are
+    first centred per image, ``s_k - mean_j s_j``. Softmax cross entropy on real
+    images ignores a shift common to all logits, so eq. 6 on raw logits can be
+    met by lowering every logit (the last layer's bias) without changing any
+    prediction; the centred form is shift-invariant too and, the hinge being
+    convex, is smallest when all logits are equal, i.e. at the uniform
+    prediction (``bench/mnist_deact.py`` measures both).
 
     Args:
         cat_logits: ``[M', C]`` category logits of synthetic images.
         threshold: ``T``; logits below it cost nothing (default -4.6, about log 0.01).
+        centered: Centre the logits per image first (shift-invariant variant).
 
     Returns:
         ``[M']`` float32 node losses.
@@ -72,6 +83,8 @@ def deact_multiclass_loss(cat_logits: Tensor, threshold: float = DEFAULT_THRESHO
         )
     s = cat_logits.float()
     with fp32_region(s.device):
+        if centered:
+            s = s - s.mean(dim=1, keepdim=True)
         return F.relu(s - threshold).square().mean(dim=1)
 
 
@@ -82,6 +95,7 @@ def synthetic_complementary_loss(
     cat_weights: Tensor | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    centered: bool = False,
     eps: float = 1e-8,
 ) -> Tensor:
     """Hardness-weighted synthetic complementary loss ``L_SC`` (eq. 10).
@@ -100,6 +114,7 @@ def synthetic_complementary_loss(
         cat_logits: ``[M', C]`` category logits of synthetic images, or None.
         cat_weights: ``[M']`` weights ``S_cat(c'_i)``; required with ``cat_logits``.
         threshold: ``T`` of eq. 6.
+        centered: Centre the category logits first (see :func:`deact_multiclass_loss`).
         eps: Lower bound of the normaliser.
 
     Returns:
@@ -143,6 +158,6 @@ def synthetic_complementary_loss(
                     "same synthetic batch."
                 )
             wc = cat_weights.detach().float()
-            num = num + (wc * deact_multiclass_loss(cat_logits, threshold)).sum()
+            num = num + (wc * deact_multiclass_loss(cat_logits, threshold, centered=centered)).sum()
             den = den + wc.sum()
         return num / den.clamp_min(eps)
