@@ -802,6 +802,7 @@ def section_train(ctx: Ctx) -> None:
     from fashion_attr.classifier.model import build_classifier
     from fashion_attr.classifier.task import ClassifierTask
     from fashion_attr.runtime import DistContext, FiniteGuard, autocast
+    from torch.profiler import record_function
 
     args, dev, info = ctx.args, ctx.device, ctx.info
     size = ctx.data.image_size
@@ -904,28 +905,34 @@ def section_train(ctx: Ctx) -> None:
                 stream=stream,
                 opt=opt,
             ) -> None:
-                # Mirrors the per-step body of fashion_attr.classifier.engine._train.
+                # Mirrors the per-step body of fashion_attr.classifier.engine._train; the
+                # fa.* regions (and ClassifierTask's) are the phases of the --profile table.
                 w = time.perf_counter()
-                images, targets, known, category = next(stream)
+                with record_function("fa.loader_wait"):
+                    images, targets, known, category = next(stream)
                 runner.wait_s += time.perf_counter() - w
-                x = prepare_images(images, dev, mean, std, size=size, channels_last=cl)
-                targets = targets.to(dev, non_blocking=True)
-                known = known.to(dev, non_blocking=True)
-                category = category.to(dev, non_blocking=True)
+                with record_function("fa.prepare_images"):
+                    x = prepare_images(images, dev, mean, std, size=size, channels_last=cl)
+                    targets = targets.to(dev, non_blocking=True)
+                    known = known.to(dev, non_blocking=True)
+                    category = category.to(dev, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
                 with autocast(dev, bf16):
                     terms = task.step_loss(train_model, x, targets, known, category, i)
-                terms.total.backward()
-                opt.step()
-                guard.observe(i, terms.real, terms.sc)
-                sums["real"] += terms.real
-                if terms.sc is not None:
-                    sums["sc"] += terms.sc
-                if i % 10 == 0:  # the engine's log step: guard check + host reads
-                    guard.check()
-                    float(sums["real"]), float(sums["sc"])
-                    sums["real"].zero_()
-                    sums["sc"].zero_()
+                with record_function("fa.backward"):
+                    terms.total.backward()
+                with record_function("fa.optimizer"):
+                    opt.step()
+                with record_function("fa.guard_and_log"):
+                    guard.observe(i, terms.real, terms.sc)
+                    sums["real"] += terms.real
+                    if terms.sc is not None:
+                        sums["sc"] += terms.sc
+                    if i % 10 == 0:  # the engine's log step: guard check + host reads
+                        guard.check()
+                        float(sums["real"]), float(sums["sc"])
+                        sums["real"].zero_()
+                        sums["sc"].zero_()
 
             runner.step = step
             runners.append(runner)
@@ -946,6 +953,29 @@ def section_train(ctx: Ctx) -> None:
     ctx.profile_runner = None
 
 
+def phase_table(averages: Any, steps: int, runner: Runner, cuda: bool) -> str:
+    """The step's phases (the ``fa.*`` profiler regions): host ms and device ms per step.
+
+    Host time of a region includes the kernel launches it makes; on CUDA the
+    device time is what its kernels ran (under a region, nested ones included).
+    """
+    import common
+
+    rows = []
+    for ev in averages:
+        if not ev.key.startswith("fa."):
+            continue
+        cpu_ms = ev.cpu_time_total / 1e3 / steps
+        dev_ms = getattr(ev, "device_time_total", 0.0) / 1e3 / steps if cuda else None
+        rows.append([ev.key, ev.count, f"{cpu_ms:.2f}", "" if dev_ms is None else f"{dev_ms:.2f}"])
+    rows.sort(key=lambda r: -float(r[2]))
+    return (
+        f"Phases of '{runner.setting}', batch {runner.batch}, per step (mean over {steps} "
+        f"steps, one of them a Deact step):\n\n"
+        + common.format_table(["region", "calls", "host ms/step", "device ms/step"], rows)
+    )
+
+
 def profile(ctx: Ctx, runner: Runner) -> None:
     """torch.profiler over ``deact_every`` HABP+Deact steps (one of them a Deact step)."""
     import torch
@@ -963,9 +993,12 @@ def profile(ctx: Ctx, runner: Runner) -> None:
     keys.append("self_cpu_time_total")  # host overhead (Python, launches, loader waits)
     averages = prof.key_averages()
     text = "\n\n".join(
-        f"torch.profiler: {n} steps of '{runner.setting}', batch {runner.batch} "
-        f"(one Deact step), sorted by {key}\n\n{averages.table(sort_by=key, row_limit=25)}"
-        for key in keys
+        [phase_table(averages, n, runner, dev.type == "cuda")]
+        + [
+            f"torch.profiler: {n} steps of '{runner.setting}', batch {runner.batch} "
+            f"(one Deact step), sorted by {key}\n\n{averages.table(sort_by=key, row_limit=25)}"
+            for key in keys
+        ]
     )
     print(text, flush=True)
     out = ctx.args.out

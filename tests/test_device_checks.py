@@ -65,5 +65,9 @@ def test_smoke_stage_writes_summary_and_archive(tmp_path: Path) -> None:
     assert "Projected DeepFashion-C cost" in summary and "paired LeNet - Deact" in summary
     with tarfile.open(out / "results.tar.gz") as tar:
         names = set(tar.getnames())
-    assert "./mnist/merged/table3.csv" in names
-    assert any(n.startswith("./throughput/profile_") for n in names)
+        assert "./mnist/merged/table3.csv" in names
+        profile = next(n for n in names if n.startswith("./throughput/profile_"))
+        text = tar.extractfile(profile).read().decode()
+    # The step's phases, named by the fa.* profiler regions of ClassifierTask and the bench.
+    for region in ("fa.loader_wait", "fa.forward", "fa.backward", "fa.deact_synthesize"):
+        assert region in text

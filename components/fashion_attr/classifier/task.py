@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from fashion_attr.classifier.deact import DeactLoss
 from fashion_attr.config import ClassifierConfig
@@ -185,21 +186,28 @@ class ClassifierTask:
         Returns:
             :class:`StepTerms`; ``total`` carries the graph for ``backward``.
         """
+        # The fa.* regions name the step's phases in torch.profiler traces
+        # (bench/throughput.py --profile); outside a profiler they cost microseconds.
         m = images.shape[0]
         synth = None
         if self.is_deact_step(step):
             assert self.deact is not None
-            synth = self.deact.synthesize(self.cfg.deact.batch_size or m)
-            images = torch.cat([images, synth.images.to(images.dtype)], dim=0)
-        attr_logits, cat_logits = model(images)
-        real = self.real_loss(attr_logits[:m], cat_logits[:m], targets, known, category)
-        self.update_memory(
-            attr_logits[:m].detach(), cat_logits[:m].detach(), targets, known, category
-        )
+            with record_function("fa.deact_synthesize"):
+                synth = self.deact.synthesize(self.cfg.deact.batch_size or m)
+                images = torch.cat([images, synth.images.to(images.dtype)], dim=0)
+        with record_function("fa.forward"):
+            attr_logits, cat_logits = model(images)
+        with record_function("fa.real_loss"):
+            real = self.real_loss(attr_logits[:m], cat_logits[:m], targets, known, category)
+        with record_function("fa.memory_update"):
+            self.update_memory(
+                attr_logits[:m].detach(), cat_logits[:m].detach(), targets, known, category
+            )
         if synth is None:
             return StepTerms(total=real, real=real.detach(), sc=None, synthetic=0)
         assert self.deact is not None
-        sc = self.deact.loss(attr_logits[m:], cat_logits[m:], synth)
+        with record_function("fa.deact_loss"):
+            sc = self.deact.loss(attr_logits[m:], cat_logits[m:], synth)
         total = real + self.cfg.deact.lambda_ * sc  # eq. 11
         return StepTerms(
             total=total, real=real.detach(), sc=sc.detach(), synthetic=synth.images.shape[0]
