@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
@@ -51,8 +50,10 @@ def test_lenet5_mnist_category_only() -> None:
 
 
 def test_vgg16_paper_shapes_at_224() -> None:
-    start = time.perf_counter()
-    model = build_classifier("vgg16_paper", num_attributes=1000, num_categories=50).eval()
+    # pretrained=None: the unreachable-download fallback has its own tests below.
+    model = build_classifier(
+        "vgg16_paper", num_attributes=1000, num_categories=50, pretrained=None
+    ).eval()
     assert model.dropout.p == 0.5  # method.md sec. 5
     # The paper's replacement for the fc layers: 512 -> 2048 -> 4096, 3x3, no padding.
     assert tuple(model.extra[0].weight.shape) == (2048, 512, 3, 3)
@@ -63,7 +64,6 @@ def test_vgg16_paper_shapes_at_224() -> None:
         attr, cat = model(torch.randn(1, 3, 224, 224))
     assert attr.shape == (1, 1000) and cat.shape == (1, 50)
     assert model.expected_input()["image_size"] == 224
-    assert time.perf_counter() - start < 20.0
 
 
 def test_resnet50_shapes_small_input() -> None:

@@ -46,7 +46,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from faultproxy import FaultProxy
 
 FAULT_RATE = 0.2
-FAST_S = 5.0  # a permanent failure must surface well within this
+# A permanent failure must surface at once. The exact check is the proxy's request count
+# (no retry loop); this wall-clock bound only catches a hang or a backoff storm, and is
+# generous so that a loaded 2-core CI machine does not fail it (13 s seen under 4x load).
+FAST_S = 45.0
 
 
 @pytest.fixture
