@@ -438,6 +438,22 @@ def max_logit_table(runs: list[dict[str, float]], ns: list[int], methods: list[s
     )
 
 
+def _reduction(stats: dict[str, tuple[float, float]], method: str) -> float:
+    """Relative error reduction of ``method`` against LeNet (means over seeds)."""
+    if "lenet" in stats and method in stats and stats["lenet"][0] > 0:
+        return (stats["lenet"][0] - stats[method][0]) / stats["lenet"][0]
+    return float("nan")
+
+
+def _add_paired(md: list[str], cr: list[object], cell: list[dict[str, float]], method: str) -> None:
+    """Append the paired difference LeNet - ``method`` (mean ± std) and the win count."""
+    diffs = paired_differences(cell, method)
+    d_mean, d_std = common.mean_std(diffs)
+    better = sum(d > 0 for d in diffs)
+    md += [fmt(d_mean, d_std), f"{better}/{len(diffs)}" if diffs else "n/a"]
+    cr += [f"{d_mean:.4f}", f"{d_std:.4f}", better, len(diffs)]
+
+
 def summarise(
     runs: list[dict[str, float]], ns: list[int], methods: list[str]
 ) -> tuple[list[str], list[list[str]], list[list[object]]]:
@@ -448,7 +464,7 @@ def summarise(
     header += ["rel. red. Deact vs LeNet (ours)", "(paper)", "paired LeNet - Deact", "Deact better"]
     centred = "deact_c" in methods
     if centred:
-        header += ["paired LeNet - Deact centred", "better"]
+        header += ["rel. red. Deact centred vs LeNet", "paired LeNet - Deact centred", "better"]
     csv_header = ["n", "seeds"]
     for m in methods:
         csv_header += [f"{m}_mean", f"{m}_std", f"{m}_paper"]
@@ -463,6 +479,7 @@ def summarise(
     ]
     if centred:
         csv_header += [
+            "rel_reduction_c",
             "paired_c_diff_mean",
             "paired_c_diff_std",
             "deact_c_better",
@@ -486,27 +503,19 @@ def summarise(
             pv = paper[paper_col[m]] if paper and m in paper_col else float("nan")
             md += [fmt(*stats[m]), f"{pv:.2f}" if np.isfinite(pv) else "n/a"]
             cr += [f"{stats[m][0]:.4f}", f"{stats[m][1]:.4f}", pv]
-        if "lenet" in stats and "deact" in stats and stats["lenet"][0] > 0:
-            red = (stats["lenet"][0] - stats["deact"][0]) / stats["lenet"][0]
-        else:
-            red = float("nan")
+        red = _reduction(stats, "deact")
         red_p = (paper[0] - paper[1]) / paper[0] if paper else float("nan")
         md += [f"{100 * red:+.1f} %" if np.isfinite(red) else "n/a", f"{100 * red_p:+.1f} %"]
         sig = [r["sigma_p"] for r in cell if r["method"] == "deact"]
         cr += [f"{red:.4f}", f"{red_p:.4f}", sig[0] if sig else ""]
         # Same subset, same seed: the paired difference removes the subset's own variance,
         # which dominates the per-method spread at small n.
-        diffs = paired_differences(cell)
-        d_mean, d_std = common.mean_std(diffs)
-        better = sum(d > 0 for d in diffs)
-        md += [fmt(d_mean, d_std), f"{better}/{len(diffs)}" if diffs else "n/a"]
-        cr += [f"{d_mean:.4f}", f"{d_std:.4f}", better, len(diffs)]
+        _add_paired(md, cr, cell, "deact")
         if centred:
-            diffs = paired_differences(cell, "deact_c")
-            d_mean, d_std = common.mean_std(diffs)
-            better = sum(d > 0 for d in diffs)
-            md += [fmt(d_mean, d_std), f"{better}/{len(diffs)}" if diffs else "n/a"]
-            cr += [f"{d_mean:.4f}", f"{d_std:.4f}", better, len(diffs)]
+            red_c = _reduction(stats, "deact_c")
+            md.append(f"{100 * red_c:+.1f} %" if np.isfinite(red_c) else "n/a")
+            cr.append(f"{red_c:.4f}")
+            _add_paired(md, cr, cell, "deact_c")
         md_rows.append(md)
         csv_rows.append(cr)
     return header, md_rows, [csv_header, *csv_rows]
