@@ -38,7 +38,17 @@ Examples:
     Quick CPU run (about 10-15 min on 2 cores)::
 
         python bench/mnist_deact.py --scale 0.02 --seeds 2 --ns 25,100,1000 \
-            --gan-top-channels 32
+            --gan-top-channels 16 --threads 1
+
+    README's CPU table (8 % / 4 % budgets, 5 n x 5 seeds), split and merged::
+
+        python bench/mnist_deact.py --clf-scale 0.08 --gan-scale 0.04 --seed 0 \
+            --seeds 3 --gan-top-channels 16 --threads 1 --out a &
+        python bench/mnist_deact.py --clf-scale 0.08 --gan-scale 0.04 --seed 3 \
+            --seeds 2 --gan-top-channels 16 --threads 1 --out b; wait
+        python bench/mnist_deact.py --merge a,b --out merged
+
+    Deact with the centred eq. 6 as well (``--methods lenet,deact,acgan,deact_c``).
 
     Paper budget on a GPU::
 
