@@ -756,41 +756,22 @@ def clf_config(ctx: Ctx, batch: int, loss: str, deact: bool) -> Any:
 
 
 def build_deact(ctx: Ctx, cfg: Any) -> Any:
-    """DeactLoss + HardLabelMemory as ``engine._build_deact`` builds them (random-weight G)."""
-    import torch
-    from fashion_attr.classifier.deact import DeactLoss
+    """``engine.make_deact`` (memory + DeactLoss) around a random-weight generator."""
+    from fashion_attr.classifier.engine import make_deact
     from fashion_attr.config import GanConfig, load_config
     from fashion_attr.gan.networks import MRGenerator
     from fashion_attr.gan.training_loop import spec_from_config
-    from fashion_attr.hardness import HardLabelMemory, default_positives_per_image
 
-    info = ctx.info
     gcfg = load_config(GanConfig, preset=ctx.args.preset)
-    g = MRGenerator(spec_from_config(gcfg, info)).to(ctx.device).eval()
-    ppi = cfg.deact.positives_per_image or default_positives_per_image(
-        int(info.train_pos_counts.sum()), max(info.num_train, 1)
-    )
-    memory = HardLabelMemory(
-        info.num_attributes,
-        info.num_categories,
-        momentum=cfg.deact.memory_momentum,
-        positives_per_image=min(max(ppi, 1), max(info.num_attributes, 1)),
-        device=ctx.device,
-    )
-    state = memory.state_dict()
-    state["attr_scores"][:, 1] *= (info.train_pos_counts > 0).to(ctx.device, torch.float32)
-    state["cat_scores"] *= (info.train_category_counts > 0).to(ctx.device, torch.float32)
-    memory.load_state_dict(state)
-    return DeactLoss(
+    g = MRGenerator(spec_from_config(gcfg, ctx.info)).to(ctx.device).eval()
+    return make_deact(
+        cfg,
+        ctx.info,
         g,
-        memory,
-        sigma_p=cfg.deact.sigma_p,
-        threshold=cfg.deact.threshold,
-        image_size=cfg.image_size,
+        ctx.device,
+        in_channels=3,
         mean=tuple(ctx.model_spec["mean"]),
         std=tuple(ctx.model_spec["std"]),
-        in_channels=3,
-        seed=cfg.seed * 7919,
         channels_last=ctx.channels_last,
     )
 

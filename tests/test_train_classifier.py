@@ -182,6 +182,55 @@ def test_deact_centered_option_reaches_the_loss(
     assert seen and not any(seen)  # method.md's eq. 6 on raw logits by default
 
 
+def test_make_deact_zeroes_labels_absent_from_train_and_sets_the_options() -> None:
+    """Method notes: labels that never occur in the train split start (and stay) at zero
+    in the hard-label memory, all others at one constant; the config reaches DeactLoss."""
+    from types import SimpleNamespace
+
+    from fashion_attr.config import ClassifierConfig, load_config
+    from fashion_attr.gan.networks import MRGANSpec, MRGenerator
+
+    info = SimpleNamespace(
+        num_attributes=4,
+        num_categories=3,
+        num_train=10,
+        train_pos_counts=torch.tensor([5, 0, 2, 0]),
+        train_category_counts=torch.tensor([6, 4, 0]),
+    )
+    cfg = load_config(
+        ClassifierConfig, preset="tiny", overrides=["deact.centered=true", "deact.sigma_p=0.7"]
+    )
+    spec = MRGANSpec(
+        num_categories=3,
+        num_attributes=4,
+        z_dim=8,
+        image_size=8,
+        base_size=4,
+        top_channels=4,
+        max_channels=8,
+        out_channels=3,
+    )
+    deact = engine.make_deact(
+        cfg,
+        info,
+        MRGenerator(spec),
+        torch.device("cpu"),
+        in_channels=3,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
+    state = deact.memory.state_dict()
+    pos = state["attr_scores"][:, 1]
+    assert pos[1] == 0 and pos[3] == 0 and pos[0] == pos[2] > 0
+    cats = state["cat_scores"]
+    assert cats[2] == 0 and cats[0] == cats[1] > 0
+    assert deact.centered and deact.sigma_p == 0.7
+    # Absent labels are never drawn as conditions for the generator.
+    cat_idx, attrs = deact.memory.sample_conditions(512, generator=torch.Generator().manual_seed(0))
+    assert not (cat_idx == 2).any()
+    assert attrs[:, 1].sum() == 0 and attrs[:, 3].sum() == 0
+
+
 def test_deact_without_generator_exits_2_naming_the_fix(
     demo_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

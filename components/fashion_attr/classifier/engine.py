@@ -48,6 +48,7 @@ from fashion_attr.config import ClassifierConfig, config_to_dict
 from fashion_attr.data.info import DatasetInfo
 from fashion_attr.data.loader import make_loader, normalize_on_device
 from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
+from fashion_attr.gan.networks import MRGenerator
 from fashion_attr.gan.training_loop import load_generator
 from fashion_attr.hardness import HardLabelMemory, default_positives_per_image
 from fashion_attr.runtime import (
@@ -67,6 +68,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainResult",
     "load_exported_model",
+    "make_deact",
     "predict_split",
     "train_classifier",
 ]
@@ -251,6 +253,71 @@ def train_classifier(
         ctx.close()
 
 
+def make_deact(
+    cfg: ClassifierConfig,
+    info: DatasetInfo,
+    generator: MRGenerator,
+    device: torch.device,
+    *,
+    in_channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    rank: int = 0,
+    channels_last: bool = False,
+) -> DeactLoss:
+    """The Deact loss of ``cfg.deact`` around a generator: its hard-label memory and L_SC.
+
+    ``train_classifier`` calls it with the loaded, frozen generator;
+    ``bench/throughput.py`` with a random one of the same size.
+
+    Args:
+        cfg: the classifier config (``deact``, ``image_size``, ``seed``).
+        info: the dataset's label layout and train counts.
+        generator: the MR-GAN generator (frozen by :class:`DeactLoss`).
+        device: where the memory lives.
+        in_channels: classifier input channels.
+        mean: classifier input normalisation mean.
+        std: classifier input normalisation std.
+        rank: DDP rank (seeds each rank's synthetic stream apart).
+        channels_last: emit channels_last synthetic images.
+
+    Returns:
+        The :class:`DeactLoss`.
+    """
+    ppi = cfg.deact.positives_per_image or default_positives_per_image(
+        int(info.train_pos_counts.sum()), max(info.num_train, 1)
+    )
+    memory = HardLabelMemory(
+        info.num_attributes,
+        info.num_categories,
+        momentum=cfg.deact.memory_momentum,
+        positives_per_image=min(max(ppi, 1), max(info.num_attributes, 1)),
+        device=device,
+    )
+    # Labels that never occur in the train split would keep their initial score
+    # forever and dominate the pmfs; the generator was never conditioned on them
+    # either. They start (and stay) at zero; all others start equal (method.md).
+    state = memory.state_dict()
+    if info.num_attributes:
+        state["attr_scores"][:, 1] *= (info.train_pos_counts > 0).to(device, torch.float32)
+    if info.num_categories:
+        state["cat_scores"] *= (info.train_category_counts > 0).to(device, torch.float32)
+    memory.load_state_dict(state)
+    return DeactLoss(
+        generator,
+        memory,
+        sigma_p=cfg.deact.sigma_p,
+        threshold=cfg.deact.threshold,
+        image_size=cfg.image_size,
+        mean=mean,
+        std=std,
+        in_channels=in_channels,
+        seed=cfg.seed * 7919 + rank,
+        channels_last=channels_last,
+        centered=cfg.deact.centered,
+    )
+
+
 def _build_deact(
     cfg: ClassifierConfig,
     info: DatasetInfo,
@@ -278,37 +345,16 @@ def _build_deact(
             f"{info.version} (category/attribute names differ). Fix: train the generator on this "
             "dataset version or pass a matching reuse_generator"
         )
-    ppi = cfg.deact.positives_per_image or default_positives_per_image(
-        int(info.train_pos_counts.sum()), max(info.num_train, 1)
-    )
-    memory = HardLabelMemory(
-        info.num_attributes,
-        info.num_categories,
-        momentum=cfg.deact.memory_momentum,
-        positives_per_image=min(max(ppi, 1), max(info.num_attributes, 1)),
-        device=device,
-    )
-    # Labels that never occur in the train split would keep their initial score
-    # forever and dominate the pmfs; the generator was never conditioned on them
-    # either. They start (and stay) at zero; all others start equal (method.md).
-    state = memory.state_dict()
-    if info.num_attributes:
-        state["attr_scores"][:, 1] *= (info.train_pos_counts > 0).to(device, torch.float32)
-    if info.num_categories:
-        state["cat_scores"] *= (info.train_category_counts > 0).to(device, torch.float32)
-    memory.load_state_dict(state)
-    return DeactLoss(
+    return make_deact(
+        cfg,
+        info,
         g,
-        memory,
-        sigma_p=cfg.deact.sigma_p,
-        threshold=cfg.deact.threshold,
-        image_size=cfg.image_size,
+        device,
+        in_channels=in_channels,
         mean=mean,
         std=std,
-        in_channels=in_channels,
-        seed=cfg.seed * 7919 + rank,
+        rank=rank,
         channels_last=channels_last,
-        centered=cfg.deact.centered,
     )
 
 
