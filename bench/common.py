@@ -43,8 +43,10 @@ __all__ = [
     "draw_subset",
     "format_table",
     "load_mnist",
+    "load_mnist_protocol",
     "machine_info",
     "mean_std",
+    "mnist_gan_spec",
     "parse_int_list",
     "parse_range",
     "read_idx_images",
@@ -55,7 +57,12 @@ __all__ = [
     "write_csv",
 ]
 
-MNIST_DIR = Path("/work/shared/data/mnist")
+#: The MNIST files beside the checkout (``../shared/data/mnist``); ``FA_MNIST_DIR`` overrides.
+MNIST_DIR = Path(
+    os.environ.get(
+        "FA_MNIST_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    )
+)
 DEFAULT_IMAGES = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 DEFAULT_LABELS = MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -157,6 +164,42 @@ def load_mnist(
         )
     xt = torch.from_numpy(x).to(device=device, dtype=torch.float32).div_(127.5).sub_(1.0)
     return xt.unsqueeze(1), torch.from_numpy(y).to(device)
+
+
+def load_mnist_protocol(
+    args: Any, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """Load the IDX files of :func:`add_mnist_args` and check the protocol's ranges.
+
+    Args:
+        args: parsed arguments with ``images``, ``labels``, ``pool`` and ``test``.
+        device: where the tensors go.
+
+    Returns:
+        ``(x_all, y_all, pool, test)``, the ranges as ``(start, stop)``.
+
+    Raises:
+        ValueError: a range is malformed or the pool and the test range overlap.
+    """
+    x_all, y_all = load_mnist(args.images, args.labels, device)
+    pool = parse_range(args.pool, "--pool", x_all.shape[0])
+    test = parse_range(args.test, "--test", x_all.shape[0])
+    check_disjoint(pool, test)
+    return x_all, y_all, pool, test
+
+
+def mnist_gan_spec(top_channels: int) -> MRGANSpec:
+    """The MNIST MR-GAN (7 -> 14 -> 28 px, 10 digit conditions, 1 channel, method.md sec. 4)."""
+    return MRGANSpec(
+        num_categories=10,
+        num_attributes=0,
+        z_dim=128,
+        image_size=28,
+        base_size=7,
+        top_channels=top_channels,
+        max_channels=512,
+        out_channels=1,
+    )
 
 
 def add_mnist_args(parser: Any, pool_help: str, test_help: str) -> None:

@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 from fashion_attr.classifier.model import build_classifier
-from fashion_attr.gan.networks import MRGANSpec, MRGenerator, make_condition
+from fashion_attr.gan.networks import MRGenerator, make_condition
 
 SCRIPT = "decorrelation"
 NUM_CLASSES = 10
@@ -233,23 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.header()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    x_all, y_all = common.load_mnist(args.images, args.labels, device)
-    pool = common.parse_range(args.pool, "--pool", x_all.shape[0])
-    test = common.parse_range(args.test, "--test", x_all.shape[0])
-    common.check_disjoint(pool, test)
+    x_all, y_all, pool, test = common.load_mnist_protocol(args, device)
     x_pool, y_pool = x_all[pool[0] : pool[1]], y_all[pool[0] : pool[1]]
     x_test, y_test = x_all[test[0] : test[1]], y_all[test[0] : test[1]]
     steps = max(1, round(args.gan_samples * args.scale / args.gan_batch))
     log_every = args.log_every or max(1, steps // 50)
-    spec = MRGANSpec(
-        num_categories=NUM_CLASSES,
-        z_dim=128,
-        image_size=28,
-        base_size=7,
-        top_channels=args.gan_top_channels,
-        max_channels=512,
-        out_channels=1,
-    )
+    spec = common.mnist_gan_spec(args.gan_top_channels)
     log.print(
         f"# GAN: {steps} steps x {args.gan_batch} on {pool}, channels {spec.channels}, "
         f"lr {args.gan_lr}; DC weights {args.weights}; seeds {args.seeds}; msc every "

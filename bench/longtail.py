@@ -263,10 +263,7 @@ class Data:
     """The fixed train/test splits on the device, with training label statistics."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
-        x_all, y_all = common.load_mnist(args.images, args.labels, device)
-        pool = common.parse_range(args.pool, "--pool", x_all.shape[0])
-        test = common.parse_range(args.test, "--test", x_all.shape[0])
-        common.check_disjoint(pool, test)
+        x_all, y_all, pool, test = common.load_mnist_protocol(args, device)
         y_np = y_all.cpu().numpy()
         prior = digit_prior(args.alpha)
         rng = np.random.default_rng(args.data_seed)
