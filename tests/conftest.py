@@ -30,6 +30,11 @@ Fixtures (all CPU-only, no network):
     ``S3Server.uri("a/b")`` gives ``s3://<bucket>/a/b``; ``S3Server.client`` is
     a boto3 client for direct checks.
 
+``one_thread`` (module scope)
+    torch on one CPU thread for a module's tests (same arithmetic in every run,
+    no contention on 2 cores); request it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+
 Hook: tests marked ``@pytest.mark.gpu`` are skipped when CUDA is not available
 (so a test needs no ``skipif`` of its own).
 """
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 DEMO_IMAGES = 96
 DEMO_SEED = 0
@@ -55,12 +61,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
-    import torch
-
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs CUDA (marked gpu)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

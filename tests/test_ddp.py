@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 from fashion_attr.checkpoint import load_artifact
+from small_runs import GAN_NET, GAN_QUICK
 
 LAUNCHER = '''
 """torchrun entry with debug hooks (see tests/test_ddp.py)."""
@@ -135,17 +136,7 @@ def generator_uri(demo_version: str, tmp_path_factory: pytest.TempPathFactory) -
     from fashion_attr.steps import train_gan
 
     out = tmp_path_factory.mktemp("ddp_gan") / "gan"
-    overrides = [
-        "epochs=1",
-        "max_steps=2",
-        "batch_size=8",
-        "image_size=16",
-        "base_size=4",
-        "z_dim=16",
-        "top_channels=8",
-        "max_channels=32",
-    ]
-    return train_gan.run(demo_version, str(out), preset="tiny", overrides=overrides)["generator"]
+    return train_gan.run(demo_version, str(out), preset="tiny", overrides=GAN_QUICK)["generator"]
 
 
 def test_train_classifier_two_ranks_habp_deact(
@@ -199,11 +190,7 @@ def test_train_gan_two_ranks(
         "epochs=1",
         "max_steps=3",
         "batch_size=8",
-        "image_size=16",
-        "base_size=4",
-        "z_dim=16",
-        "top_channels=8",
-        "max_channels=32",
+        *GAN_NET,
         "checkpoint_every=2",
         "num_workers=0",
     ]

@@ -17,35 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from fashion_attr.checkpoint import load_artifact
+from small_runs import CLF_SMALL, GAN_SMALL
 
-GAN_SMALL = [
-    "epochs=2",
-    "batch_size=8",
-    "image_size=16",
-    "base_size=4",
-    "z_dim=16",
-    "top_channels=8",
-    "max_channels=32",
-    "checkpoint_every=3",
-    "num_workers=0",
-]
-CLF_SMALL = [
-    "epochs=2",
-    "batch_size=8",
-    "image_size=16",
-    "checkpoint_every=3",
-    "deact.every=2",
-    "num_workers=0",
-    "lr_milestones=[1]",
-    "export=last",
-]
 CHECKPOINT_EVERY = 3
 TOTAL_STEPS = 16  # 2 epochs of 8 batches of 8 (66 train images)
 
@@ -112,12 +91,7 @@ sys.exit(importlib.import_module("fashion_attr.steps." + step).main(argv))
 '''
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env() -> dict[str, str]:

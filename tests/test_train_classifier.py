@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,42 +22,18 @@ from fashion_attr.classifier.engine import NonFiniteLossError, load_exported_mod
 from fashion_attr.classifier.task import ClassifierTask, StepTerms
 from fashion_attr.gan.training_loop import load_generator
 from fashion_attr.steps import evaluate, train_classifier, train_gan
+from small_runs import CLF_SMALL, GAN_QUICK
 
-GAN_SMALL = [
-    "epochs=1",
-    "max_steps=2",
-    "batch_size=8",
-    "image_size=16",
-    "base_size=4",
-    "z_dim=16",
-    "top_channels=8",
-    "max_channels=32",
-]
-#: 2 epochs of 8 steps; checkpoints at steps 3, 6, 9, 12, 15 and each epoch end.
-SMALL = [
-    "epochs=2",
-    "batch_size=8",
-    "image_size=16",
-    "checkpoint_every=3",
-    "deact.every=2",
-    "num_workers=0",
-    "lr_milestones=[1]",
-    "export=last",
-]
+SMALL = CLF_SMALL  # 2 epochs of 8 steps (tests/small_runs.py)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def generator_uri(demo_version: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("clf_gan") / "gan"
-    return train_gan.run(demo_version, str(out), preset="tiny", overrides=GAN_SMALL)["generator"]
+    return train_gan.run(demo_version, str(out), preset="tiny", overrides=GAN_QUICK)["generator"]
 
 
 def _run(data: str, out: Path, generator: str | None, *overrides: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +24,13 @@ from fashion_attr.gan.networks import make_condition
 from fashion_attr.gan.training_loop import NonFiniteLossError, load_generator
 from fashion_attr.steps import train_gan
 from PIL import Image
+from small_runs import GAN_SMALL
 
-#: 16 px pyramid (4, 8, 16), 2 epochs of 8 steps; checkpoints at steps 3, 6, 9, 12, 15
-#: and at each epoch end.
-SMALL = [
-    "epochs=2",
-    "batch_size=8",
-    "image_size=16",
-    "base_size=4",
-    "z_dim=16",
-    "top_channels=8",
-    "max_channels=32",
-    "checkpoint_every=3",
-    "num_workers=0",
-]
+SMALL = GAN_SMALL  # 16 px pyramid, 2 epochs of 8 steps (tests/small_runs.py)
 STEPS_PER_EPOCH = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
