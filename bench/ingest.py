@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = p.parse_args()
     from fashion_attr.data import ingest
-    from fashion_attr.data.demo import generate_demo_dataset
+    from fashion_attr.demo import generate_demo_dataset
 
     first_result: list[float] = []
     original = ingest._run_tasks

@@ -6,7 +6,7 @@ Usage::
                                   [--workers 1] [--keep DIR]
 
 Writes the six annotation files at DeepFashion-C scale
-(:func:`fashion_attr.data.demo.write_scale_annotations`, ~870 MB of
+(:func:`fashion_attr.demo.write_scale_annotations`, ~870 MB of
 ``list_attr_img.txt``), points every image name at one small JPEG (hard
 links: no disk cost), and runs the whole ingest (hash, parse and validate,
 shuffle, decode/crop/resize/encode, shard, index, manifest) in this process.
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
     args = p.parse_args()
-    from fashion_attr.data.demo import write_scale_annotations
+    from fashion_attr.demo import write_scale_annotations
     from PIL import Image
 
     tmp_ctx = tempfile.TemporaryDirectory(prefix="bench-ingest-mem-") if args.keep is None else None

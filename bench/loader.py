@@ -121,8 +121,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    from fashion_attr.data.demo import generate_demo_dataset
     from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.demo import generate_demo_dataset
 
     print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp_s:

@@ -9,7 +9,7 @@ What it does (all on 127.0.0.1, nothing leaves the machine):
 2. Starts ``mlflow models serve -m <folder> --env-manager local`` (``--workers``
    uvicorn workers) and waits for ``/ping``; or uses a running server (``--url``,
    with ``--model-pt`` for the reference answers).
-3. Renders real demo product photos (:mod:`fashion_attr.data.demo`, JPEG) and
+3. Renders real demo product photos (:mod:`fashion_attr.demo`, JPEG) and
    computes the reference answer of each with an in-process
    :class:`~fashion_attr.registry.pyfunc.ImagePredictor` on the same ``model.pt``.
 4. Sends ``--requests`` requests from ``--concurrency`` client threads (one
@@ -147,7 +147,7 @@ def prepare_model(workdir: Path, seed: int = 0) -> tuple[Path, Path]:
 def demo_images(workdir: Path, count: int, seed: int = 0) -> list[tuple[str, str]]:
     """``count`` demo product photos (JPEG) as ``(name, base64)``."""
     from fashion_attr.data.annotations import load_annotations_from_dir
-    from fashion_attr.data.demo import generate_demo_dataset
+    from fashion_attr.demo import generate_demo_dataset
 
     root = generate_demo_dataset(workdir / "demo", images=count, seed=seed)
     records = load_annotations_from_dir(root).records

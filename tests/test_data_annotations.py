@@ -511,7 +511,7 @@ SCALE_PROBE = textwrap.dedent(
 @pytest.mark.slow
 def test_real_size_attr_img_memory_and_speed(tmp_path: Path) -> None:
     """289,222 x 1,000 labels (~880 MB): streaming stays far below 1 GiB of peak RSS growth."""
-    from fashion_attr.data.demo import write_scale_annotations
+    from fashion_attr.demo import write_scale_annotations
 
     write_scale_annotations(tmp_path, images=289_222, attributes=1000, mean_positives=3.3)
     # A fresh process, so ru_maxrss growth measures this parse alone.

@@ -1,4 +1,4 @@
-"""Procedural demo dataset in the DeepFashion-C layout (fashion_attr.data.demo)."""
+"""Procedural demo dataset in the DeepFashion-C layout (fashion_attr.demo)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from fashion_attr.data.annotations import (
     iter_attr_img,
     load_annotations_from_dir,
 )
-from fashion_attr.data.demo import (
-    _INELIGIBLE,
+from fashion_attr.demo import (
     DEMO_ATTRIBUTES,
     DEMO_CATEGORIES,
     DEMO_GARMENTS,
     generate_demo_dataset,
-    main,
     render_garment,
 )
+from fashion_attr.demo.catalog import _INELIGIBLE
+from fashion_attr.demo.cli import main
 from PIL import Image
 
 N = 600

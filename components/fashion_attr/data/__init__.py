@@ -1,11 +1,10 @@
-"""DeepFashion-C data: annotation reader, catalog batches, demo data, shards, ingest, loader.
+"""DeepFashion-C data: annotation reader, catalog batches, shards, ingest, loader.
 
 Modules:
 
 * :mod:`~fashion_attr.data.annotations`: streaming, validating reader of the six
   annotation files (:func:`load_annotations`).
 * :mod:`~fashion_attr.data.catalog`: JSON Lines catalog batches (:func:`read_catalog_jsonl`).
-* :mod:`~fashion_attr.data.demo`: a small synthetic dataset in the DeepFashion-C layout.
 * :mod:`~fashion_attr.data.shards`: the versioned tar-shard format and its manifest.
 * :mod:`~fashion_attr.data.ingest`: DeepFashion-C -> shard versions (:func:`run_preprocess`).
 * :mod:`~fashion_attr.data.loader`: the resumable, DDP-aware training loader (:func:`make_loader`).
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
         write_annotation_file,
     )
     from fashion_attr.data.catalog import CatalogRecord, read_catalog_jsonl
-    from fashion_attr.data.demo import generate_demo_dataset
     from fashion_attr.data.ingest import (
         IngestError,
         IngestResult,
@@ -84,7 +82,6 @@ _EXPORTS: dict[str, str] = {
         "annotations",
     ),
     **dict.fromkeys(["CatalogRecord", "read_catalog_jsonl"], "catalog"),
-    "generate_demo_dataset": "demo",
     **dict.fromkeys(["IngestError", "IngestResult", "IngestSettings", "run_preprocess"], "ingest"),
     **dict.fromkeys(
         [
@@ -144,7 +141,6 @@ __all__ = [
     "clamp_bbox",
     "decode_batch_on_device",
     "fetch_shards",
-    "generate_demo_dataset",
     "index_shard",
     "iter_shard_samples",
     "load_annotations",
