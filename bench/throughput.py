@@ -10,18 +10,20 @@ the project's numbers can be quoted as ratios of the plain baselines of
    ``torch.nn.functional``, synthetic input already on the device, SGD momentum
    0.9; bf16 autocast + channels_last on CUDA (+ ``torch.compile`` with
    ``--compile``), fp32 on the CPU;
-2. **ce / habp / habp+deact**: the project's training step
-   (:class:`~fashion_attr.classifier.task.ClassifierTask` plus the per-step body of
-   ``fashion_attr.classifier.engine``: ``prepare_images``, autocast, backward, SGD,
-   the non-finite guard and the host sync every 10 steps) fed from real shards
+2. **ce / habp / habp+deact**: the project's training step, the library's own
+   (:class:`~fashion_attr.classifier.trainer.ClassifierTrainer` stepped by
+   :meth:`fashion_attr.training.ResumableLoop.advance`: ``prepare_images``,
+   autocast, the :class:`~fashion_attr.classifier.task.ClassifierTask` objective,
+   backward, SGD, the non-finite guard and the host sync every 10 steps) fed from real
+   shards
    through ``make_loader`` with the preset's ``num_workers``; Deact every
    ``--deact-every`` steps (20, the paper's) with a frozen MR-GAN generator of
    the preset's size (random weights: it costs the same as a trained one) and
    the hard-label memory;
-3. **MR-GAN**: one D and one G update through
-   :class:`~fashion_attr.gan.loss.MRGANLoss` (decorrelation on), on synthetic
-   input and fed from the shards as ``train_gan`` does, vs the anchor's plain
-   multi-resolution GAN step re-implemented at the same sizes;
+3. **MR-GAN**: one D and one G update of
+   :class:`~fashion_attr.gan.trainer.GanTrainer` (decorrelation on), on synthetic
+   input and, through ``ResumableLoop.advance``, fed from the shards as ``train_gan``
+   does, vs the anchor's plain multi-resolution GAN step re-implemented at the same sizes;
 4. **ingest**: ``run_preprocess`` (hash, parse, decode, crop, resize, encode,
    shard, manifest) with 1 and 2 worker processes vs a plain PIL
    decode + crop + resize + encode loop over the same images (one process);
@@ -70,6 +72,7 @@ import platform
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -481,8 +484,8 @@ class Data:
 
 
 def prepare_data(args: argparse.Namespace, log: Callable[[str], None]) -> Data:
-    from fashion_attr.data.demo import generate_demo_dataset
     from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.demo import generate_demo_dataset
 
     d = args.defaults
     size = d["image_size"]
@@ -756,11 +759,11 @@ def clf_config(ctx: Ctx, batch: int, loss: str, deact: bool) -> Any:
 
 
 def build_deact(ctx: Ctx, cfg: Any) -> Any:
-    """``engine.make_deact`` (memory + DeactLoss) around a random-weight generator."""
-    from fashion_attr.classifier.engine import make_deact
+    """``make_deact`` (memory + DeactLoss) around a random-weight generator of the preset."""
+    from fashion_attr.classifier.deact import make_deact
     from fashion_attr.config import GanConfig, load_config
     from fashion_attr.gan.networks import MRGenerator
-    from fashion_attr.gan.training_loop import spec_from_config
+    from fashion_attr.gan.trainer import spec_from_config
 
     gcfg = load_config(GanConfig, preset=ctx.args.preset)
     g = MRGenerator(spec_from_config(gcfg, ctx.info)).to(ctx.device).eval()
@@ -776,13 +779,36 @@ def build_deact(ctx: Ctx, cfg: Any) -> Any:
     )
 
 
+def library_loop(proc: Any, batch: int, dev: Any) -> Any:
+    """The library's training loop around a trainer, for timing its per-step work.
+
+    :meth:`~fashion_attr.training.ResumableLoop.advance` is exactly what a training
+    step runs per batch (the trainer's step, the non-finite guard, the interval means
+    and the host reads of every 10th step); no checkpoint falls in a timed window.
+    """
+    from fashion_attr.runtime import DistContext
+    from fashion_attr.tracking import Tracker
+    from fashion_attr.training import ResumableLoop, Schedule
+
+    return ResumableLoop(
+        proc,
+        out=str(Path(tempfile.mkdtemp(prefix="fa-bench-"))),
+        ctx=DistContext(),
+        schedule=Schedule(epochs=1, batch_size=batch, checkpoint_every=10**9),
+        make_loader=lambda epoch, start: [],
+        tracker=Tracker(None, proc.name, enabled=False),
+        device=dev,
+        config={},
+        resume=False,
+    )
+
+
 def section_train(ctx: Ctx) -> None:
     import torch
     import torch.nn.functional as F
-    from fashion_attr.classifier.engine import prepare_images
     from fashion_attr.classifier.model import build_classifier
-    from fashion_attr.classifier.task import ClassifierTask
-    from fashion_attr.runtime import DistContext, FiniteGuard, autocast
+    from fashion_attr.classifier.trainer import ClassifierTrainer
+    from fashion_attr.runtime import DistContext, autocast
     from torch.profiler import record_function
 
     args, dev, info = ctx.args, ctx.device, ctx.info
@@ -790,16 +816,7 @@ def section_train(ctx: Ctx) -> None:
     arch = "vgg16_paper" if args.preset == "paper" else "tiny"
     n_attr, n_cat = info.num_attributes, info.num_categories
     cl, bf16 = ctx.channels_last, ctx.bf16
-
-    torch.manual_seed(args.seed)
-    model = build_classifier(arch, n_attr, n_cat, pretrained=None).to(dev)
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    spec = model.expected_input()
-    ctx.model_spec = spec
-    mean, std = tuple(spec["mean"]), tuple(spec["std"])
-    train_model = torch.compile(model) if args.compile and dev.type == "cuda" else model
-    ctx.model = model
+    ctx.model_spec = build_classifier(arch, n_attr, n_cat, pretrained=None).expected_input()
 
     runners: list[Runner] = []
     streams_needed = len(args.batch_sizes)
@@ -842,32 +859,22 @@ def section_train(ctx: Ctx) -> None:
             )
         )
 
-        # The project's step, fed from the shards; one stream and one model per batch size.
+        # The project's step, fed from the shards; one stream per batch size, and one
+        # ClassifierTrainer (model, SGD, task) per setting, stepped by the library's loop.
         workers, cap_note = _cap_workers(ctx.train_workers, batch, size, streams_needed)
         need = args.warmup * 3 + args.steps * args.repeats * 3 + 2 * args.deact_every + 8
         stream = batch_stream(ctx.data, "train", batch, workers, dev, batches=need, seed=args.seed)
-        opt = torch.optim.SGD(
-            model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4
-        )  # the paper's SGD (lr irrelevant to speed)
         for loss_name, deact_on, label in (
-            ("ce", False, "project CE (shards, ClassifierTask)"),
+            ("ce", False, "project CE (shards, ClassifierTrainer)"),
             ("habp", False, "project HABP"),
             ("habp", True, f"project HABP + Deact every {args.deact_every}"),
         ):
             cfg = clf_config(ctx, batch, loss_name, deact_on)
             ctx.clf_cfg = cfg
             deact = build_deact(ctx, cfg) if deact_on else None
-            task = ClassifierTask(
-                cfg,
-                info.train_pos_counts,
-                info.train_neg_counts,
-                info.num_train,
-                DistContext(),
-                deact,
-                dev,
-            )
-            guard = FiniteGuard("train_classifier", ("loss_real", "loss_sc"), "-", dev)
-            sums = {"real": torch.zeros((), device=dev), "sc": torch.zeros((), device=dev)}
+            trainer = ClassifierTrainer(cfg, info, dev, DistContext(), deact=deact)
+            ctx.model = trainer.model
+            loop = library_loop(trainer, batch, dev)
             runner = Runner(
                 "train",
                 label,
@@ -877,43 +884,12 @@ def section_train(ctx: Ctx) -> None:
                 note=f"{workers} loader workers" + (f", {cap_note}" if cap_note else ""),
             )
 
-            def step(
-                i: int,
-                task=task,
-                guard=guard,
-                sums=sums,
-                runner=runner,
-                stream=stream,
-                opt=opt,
-            ) -> None:
-                # Mirrors the per-step body of fashion_attr.classifier.engine._train; the
-                # fa.* regions (and ClassifierTask's) are the phases of the --profile table.
+            def step(i: int, loop=loop, runner=runner, stream=stream) -> None:
                 w = time.perf_counter()
                 with record_function("fa.loader_wait"):
-                    images, targets, known, category = next(stream)
+                    batch_ = next(stream)
                 runner.wait_s += time.perf_counter() - w
-                with record_function("fa.prepare_images"):
-                    x = prepare_images(images, dev, mean, std, size=size, channels_last=cl)
-                    targets = targets.to(dev, non_blocking=True)
-                    known = known.to(dev, non_blocking=True)
-                    category = category.to(dev, non_blocking=True)
-                opt.zero_grad(set_to_none=True)
-                with autocast(dev, bf16):
-                    terms = task.step_loss(train_model, x, targets, known, category, i)
-                with record_function("fa.backward"):
-                    terms.total.backward()
-                with record_function("fa.optimizer"):
-                    opt.step()
-                with record_function("fa.guard_and_log"):
-                    guard.observe(i, terms.real, terms.sc)
-                    sums["real"] += terms.real
-                    if terms.sc is not None:
-                        sums["sc"] += terms.sc
-                    if i % 10 == 0:  # the engine's log step: guard check + host reads
-                        guard.check()
-                        float(sums["real"]), float(sums["sc"])
-                        sums["real"].zero_()
-                        sums["sc"].zero_()
+                loop.advance(batch_)  # the library's per-step work, as train_classifier
 
             runner.step = step
             runners.append(runner)
@@ -992,10 +968,9 @@ def section_gan(ctx: Ctx) -> None:
     import torch
     import torch.nn.functional as F
     from fashion_attr.config import GanConfig, load_config
-    from fashion_attr.gan.loss import MRGANLoss, image_pyramid
-    from fashion_attr.gan.networks import build_gan, make_condition
-    from fashion_attr.gan.training_loop import spec_from_config
-    from fashion_attr.runtime import FiniteGuard, autocast
+    from fashion_attr.gan.networks import make_condition
+    from fashion_attr.gan.trainer import GanTrainer, spec_from_config
+    from fashion_attr.runtime import DistContext
 
     args, dev, info = ctx.args, ctx.device, ctx.info
     cl, bf16 = ctx.channels_last, ctx.bf16
@@ -1042,34 +1017,15 @@ def section_gan(ctx: Ctx) -> None:
         lg.backward()
         pog.step()
 
-    # The project's MR-GAN: build_gan + MRGANLoss (DC on), as train_gan runs it.
+    # The project's MR-GAN: GanTrainer (MRGANLoss, DC on), as train_gan runs it.
     torch.manual_seed(args.seed)
-    G, D = build_gan(spec)
-    G.to(dev)
-    D.to(dev)
-    if cl:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
-    opt_g = torch.optim.Adam(G.parameters(), lr=gcfg.lr, betas=gcfg.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=gcfg.lr, betas=gcfg.betas)
-    objective = MRGANLoss(G, D, spec.z_dim, gcfg.dc_weight)
-    noise = torch.Generator(device=dev).manual_seed(args.seed)
-
-    def mr_update(pyramid: list[Any], c: Any) -> tuple[Any, Any]:
-        with autocast(dev, bf16):
-            opt_d.zero_grad(set_to_none=True)
-            d_terms = objective.discriminator_step(pyramid, c, noise)
-        opt_d.step()
-        with autocast(dev, bf16):
-            opt_g.zero_grad(set_to_none=True)
-            g_terms = objective.generator_step(c, noise)
-        opt_g.step()
-        return d_terms, g_terms
-
-    guard = FiniteGuard("train_gan", ("loss_d", "loss_g", "loss_dc"), "-", dev)
+    gcfg = load_config(
+        GanConfig, preset=args.preset, extra={"device": dev.type, "batch_size": batch}
+    )
+    trainer = GanTrainer(gcfg, info, dev, DistContext())
 
     def mr_synth(i: int) -> None:
-        mr_update(real, cond)
+        trainer.update(real, cond)
 
     wanted = args.train_workers if args.train_workers is not None else gcfg.num_workers
     workers, cap_note = _cap_workers(wanted, batch, ctx.data.image_size, 1)
@@ -1085,29 +1041,13 @@ def section_gan(ctx: Ctx) -> None:
         baseline="plain GAN D+G step (synthetic input)",
         note=f"{workers} loader workers" + (f", {cap_note}" if cap_note else ""),
     )
+    loop = library_loop(trainer, batch, dev)
 
     def mr_shards(i: int) -> None:
-        # Mirrors the per-step body of fashion_attr.gan.training_loop._train.
         w = time.perf_counter()
-        images, targets, known, category = next(stream)
+        batch_ = next(stream)
         shard_runner.wait_s += time.perf_counter() - w
-        x = images.to(dev, non_blocking=True).float().div_(127.5).sub_(1.0)
-        if x.shape[-1] != spec.image_size:
-            x = F.interpolate(x, size=(spec.image_size, spec.image_size), mode="area")
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        t, k = targets.to(dev), known.to(dev)
-        c = make_condition(category.to(dev), t * k.to(t.dtype), n_cat)
-        d_terms, g_terms = mr_update(image_pyramid(x, levels), c)
-        guard.observe(i, d_terms.total, g_terms.total, g_terms.dc)
-        if i % 10 == 0:  # the loop's log step: guard check and host reads of every term
-            guard.check()
-            objective.projection_correlation()
-            float(d_terms.total), float(g_terms.total)
-            if g_terms.dc is not None:
-                float(g_terms.dc)
-            for lvl in range(len(levels)):
-                float(d_terms.per_level[lvl]), float(g_terms.per_level[lvl])
+        loop.advance(batch_)  # the library's per-step work, as train_gan
 
     shard_runner.step = mr_shards
     base = "plain GAN D+G step (synthetic input)"
@@ -1135,7 +1075,7 @@ def section_gan(ctx: Ctx) -> None:
 
 def section_loader(ctx: Ctx) -> None:
     import torch
-    from fashion_attr.classifier.engine import prepare_images
+    from fashion_attr.classifier.inference import prepare_images
     from fashion_attr.data.loader import IMAGENET_MEAN, IMAGENET_STD, make_loader
     from torch.utils.data import DataLoader, Dataset
 
@@ -1248,7 +1188,7 @@ def section_loader(ctx: Ctx) -> None:
 
 def section_eval(ctx: Ctx) -> None:
     import numpy as np
-    from fashion_attr.classifier.engine import predict_split
+    from fashion_attr.classifier.inference import predict_split
     from fashion_attr.config import EvaluateConfig, load_config
     from fashion_attr.data.loader import ShardLoader, make_loader
     from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
@@ -1321,14 +1261,28 @@ def section_eval(ctx: Ctx) -> None:
 def section_infer(ctx: Ctx) -> None:
     import torch
     from fashion_attr.checkpoint import load_artifact, save_artifact
-    from fashion_attr.classifier.engine import _export_blob
+    from fashion_attr.classifier.export import export_blob
     from fashion_attr.registry.pyfunc import ImagePredictor
 
     args, dev = ctx.args, ctx.device
     out = args.workdir / "export" / args.tag
     out.mkdir(parents=True, exist_ok=True)
     uri = str(out / "model.pt")
-    save_artifact(uri, _export_blob(ctx.model, ctx.clf_cfg, ctx.info, {}, 0))
+    info = ctx.info
+    blob = export_blob(
+        ctx.model,
+        arch=ctx.clf_cfg.arch,
+        config={},
+        image_size=ctx.data.image_size,
+        category_names=list(info.category_names),
+        attribute_names=list(info.attribute_names),
+        attribute_groups=[int(g) for g in info.attribute_groups],
+        train_pos_counts=[int(c) for c in info.train_pos_counts.tolist()],
+        dataset_version=info.version,
+        val_metrics={},
+        step=0,
+    )
+    save_artifact(uri, blob)
     blob = load_artifact(uri)
     predictor = ImagePredictor(blob, device=dev.type)
     files = sorted((ctx.data.source / "Img").rglob("*.jpg"))[: args.defaults["infer_images"]]

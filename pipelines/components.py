@@ -1,41 +1,82 @@
 """The thin KFP components of the retraining pipeline.
 
-Each is a lightweight ``@dsl.component`` on the project image whose body only
-imports :mod:`fashion_attr.steps.pipeline_entry` and calls it: lightweight
-(not container) components are what ``kfp.local.SubprocessRunner`` runs, so
-the very same DAG runs on a laptop and on the cluster. The image already holds
-kfp and the package, so nothing is pip-installed at run time.
+Each is a lightweight ``@dsl.component`` on the project image whose body is one
+import and one call into :mod:`fashion_attr.steps.kfp_adapter`: lightweight (not
+container) components are what ``kfp.local.SubprocessRunner`` runs, so the very
+same DAG runs on a laptop and on the cluster. The image already holds kfp and
+the package, so nothing is pip-installed at run time.
 
-Training and evaluation take the dataset as two *parameters* (URI and version
-id), not as an input artifact: KFP's cache key then depends on the dataset
-version, so unchanged data hits the cache and new catalog data never does.
+Steps pass their typed results along as artifacts (the result JSON is the
+artifact's file): the dataset, the generator and the model. Training and
+evaluation inputs include the dataset artifact, whose content names the
+dataset version, so KFP's cache never serves a stale step for new data.
+Component names are nouns (``classifier_training``), so that the only thing
+called ``train_classifier`` is the step module.
 """
 
 import os
-from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 #: The project image (docker/Dockerfile). Override at compile time with FA_IMAGE.
-BASE_IMAGE = os.environ.get("FA_IMAGE", "ghcr.io/fashion-attr/fashion-attr:0.1.0")
+BASE_IMAGE = os.environ.get("FA_IMAGE", "fashion-attr:0.1.0")
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def preprocess_part(
+def validation(
+    source_uri: str,
+    storage_uri: str,
+    batch_uri: str,
+    base_version: str,
+    preset: str,
+    gan_overrides: str,
+    classifier_overrides: str,
+    reuse_generator: str,
+    ingest_parts: int,
+    model_name: str,
+    gate_metrics: str,
+    gate_tolerance: float,
+    train_nodes: int,
+    pipeline_run: str,
+) -> list[int]:
+    """Check every parameter, override, URI and credential in seconds, before any work."""
+    from fashion_attr.steps import kfp_adapter
+
+    return kfp_adapter.validation(
+        source_uri=source_uri,
+        storage_uri=storage_uri,
+        batch_uri=batch_uri,
+        base_version=base_version,
+        preset=preset,
+        gan_overrides=gan_overrides,
+        classifier_overrides=classifier_overrides,
+        reuse_generator=reuse_generator,
+        ingest_parts=ingest_parts,
+        model_name=model_name,
+        gate_metrics=gate_metrics,
+        gate_tolerance=gate_tolerance,
+        train_nodes=train_nodes,
+        pipeline_run=pipeline_run,
+    )
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def ingest_part(
     source_uri: str,
     storage_uri: str,
     preset: str,
     part: int,
-    parts: list,
+    parts: int,
     batch_uri: str,
     base_version: str,
     workers: int,
-) -> str:
-    """Validate, crop and shard one part of DeepFashion-C (or of a new catalog batch)."""
-    from fashion_attr.steps import pipeline_entry
+    pipeline_run: str,
+):
+    """Validate, crop and shard one part of DeepFashion-C (component 1, fanned out)."""
+    from fashion_attr.steps import kfp_adapter
 
-    return pipeline_entry.preprocess(
+    kfp_adapter.ingest_part(
         source_uri=source_uri,
         storage_uri=storage_uri,
         preset=preset,
@@ -44,40 +85,41 @@ def preprocess_part(
         batch_uri=batch_uri,
         base_version=base_version,
         workers=workers,
-        merge=False,
-    )[0]
+        pipeline_run=pipeline_run,
+    )
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def preprocess_merge(
+def ingest(
     source_uri: str,
     storage_uri: str,
     preset: str,
-    parts: list,
+    parts: int,
     batch_uri: str,
     base_version: str,
+    workers: int,
+    pipeline_run: str,
     dataset: Output[Dataset],
-) -> NamedTuple("DatasetRef", uri=str, version=str):
-    """Publish the dataset version: write its manifest from the parts (component 1)."""
-    from fashion_attr.steps import pipeline_entry
+) -> str:
+    """Publish the dataset version: merge the parts, or fold new catalog batches (component 1)."""
+    from fashion_attr.steps import kfp_adapter
 
-    return pipeline_entry.preprocess(
+    return kfp_adapter.ingest(
         source_uri=source_uri,
         storage_uri=storage_uri,
         preset=preset,
-        part=0,
         parts=parts,
         batch_uri=batch_uri,
         base_version=base_version,
-        merge=True,
+        workers=workers,
+        pipeline_run=pipeline_run,
         dataset=dataset,
     )
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def train_gan(
-    dataset_uri: str,
-    dataset_version: str,
+def gan_training(
+    dataset: Input[Dataset],
     storage_uri: str,
     preset: str,
     overrides: str,
@@ -89,11 +131,10 @@ def train_gan(
     generator: Output[Model],
 ) -> str:
     """Train the conditional MR-GAN with decorrelation (component 2)."""
-    from fashion_attr.steps import pipeline_entry
+    from fashion_attr.steps import kfp_adapter
 
-    return pipeline_entry.train_gan(
-        dataset_uri=dataset_uri,
-        dataset_version=dataset_version,
+    return kfp_adapter.gan_training(
+        dataset=dataset,
         storage_uri=storage_uri,
         preset=preset,
         overrides=overrides,
@@ -107,9 +148,8 @@ def train_gan(
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def train_classifier(
-    dataset_uri: str,
-    dataset_version: str,
+def classifier_training(
+    dataset: Input[Dataset],
     generator: Input[Model],
     storage_uri: str,
     preset: str,
@@ -121,11 +161,10 @@ def train_classifier(
     model: Output[Model],
 ) -> str:
     """Train the classifier with HABP + Deact using the frozen generator (component 3)."""
-    from fashion_attr.steps import pipeline_entry
+    from fashion_attr.steps import kfp_adapter
 
-    return pipeline_entry.train_classifier(
-        dataset_uri=dataset_uri,
-        dataset_version=dataset_version,
+    return kfp_adapter.classifier_training(
+        dataset=dataset,
         generator=generator,
         storage_uri=storage_uri,
         preset=preset,
@@ -139,56 +178,56 @@ def train_classifier(
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def evaluate(
-    dataset_uri: str,
-    dataset_version: str,
+def evaluation(
+    dataset: Input[Dataset],
     model: Input[Model],
     storage_uri: str,
     preset: str,
     metrics: Output[Metrics],
     report: Output[Markdown],
     plots: Output[HTML],
-    evaluation: Output[Artifact],
+    result: Output[Artifact],
 ) -> str:
     """Evaluate on the test split: metrics, Markdown report and plots (component 4a)."""
-    from fashion_attr.steps import pipeline_entry
+    from fashion_attr.steps import kfp_adapter
 
-    return pipeline_entry.evaluate(
-        dataset_uri=dataset_uri,
-        dataset_version=dataset_version,
+    return kfp_adapter.evaluation(
+        dataset=dataset,
         model=model,
         storage_uri=storage_uri,
         preset=preset,
         metrics=metrics,
         report=report,
         plots=plots,
-        evaluation=evaluation,
+        result=result,
     )
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def register(
-    dataset_version: str,
+def registration(
+    dataset: Input[Dataset],
     model: Input[Model],
     evaluation: Input[Artifact],
+    storage_uri: str,
     pipeline_run: str,
     preset: str,
     model_name: str,
     gate_metrics: str,
-    tolerance: float,
-    registration: Output[Artifact],
+    gate_tolerance: float,
+    result: Output[Artifact],
 ) -> str:
-    """Register in MLflow and apply the promotion gate (component 4b)."""
-    from fashion_attr.steps import pipeline_entry
+    """Register in MLflow and apply the like-for-like promotion gate (component 4b)."""
+    from fashion_attr.steps import kfp_adapter
 
-    return pipeline_entry.register(
+    return kfp_adapter.registration(
+        dataset=dataset,
         model=model,
         evaluation=evaluation,
-        dataset_version=dataset_version,
+        storage_uri=storage_uri,
         pipeline_run=pipeline_run,
         preset=preset,
         model_name=model_name,
         gate_metrics=gate_metrics,
-        tolerance=tolerance,
-        registration=registration,
+        gate_tolerance=gate_tolerance,
+        result=result,
     )

@@ -2,24 +2,33 @@
 
 The very DAG that runs on the cluster (``pipelines.retraining``) runs here with
 ``kfp.local.SubprocessRunner`` (each step a subprocess of this virtualenv) or
-``kfp.local.DockerRunner`` (each step in the project image; needs a Docker
-engine). Storage is a local folder; MLflow is local too (SQLite backend,
-artifacts on disk). Each run generates new demo catalog data (a new seed), so
-running it again registers a new model version and applies the promotion gate.
+``kfp.local.DockerRunner`` (each step in its own container from the project
+image, ``--runner docker``; ``make run RUNNER=docker``). Storage is a local
+folder; MLflow is local too (SQLite backend, artifacts on disk). Each run
+generates new demo catalog data (a new seed), so running it again registers a
+new model version and applies the promotion gate. Training runs on the CPU
+(the pipeline is compiled with ``FA_GPUS_PER_STEP=0``).
+
+Before anything runs, every input is checked (:mod:`fashion_attr.preflight`).
+The output shows each step's own progress and a final summary; KFP's executor
+dumps are hidden unless ``--verbose``.
 
 Usage::
 
     python -m pipelines.run_local [--runner subprocess|docker] [--workdir .local_pipeline]
-        [--images 2000] [--seed N] [--preset tiny]
+        [--images 2000] [--seed N] [--preset tiny] [--verbose]
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 SUMMARY_KEYS = (
     "attr_recall@3/all",
@@ -30,100 +39,205 @@ SUMMARY_KEYS = (
     "cb_acc/all",
     "map/all",
 )
+#: The image ``make image`` builds (docker/Dockerfile); ``--image`` overrides.
+DEFAULT_IMAGE = "fashion-attr:0.1.0"
+
+
+class QuietKfpOutput:
+    """A stdout filter that drops kfp.local's executor chatter and keeps the steps' own lines.
+
+    Dropped: the ``[KFP Executor ...]`` log lines (the executor-input JSON dump is about
+    80 lines per task) and kfp.local's own artifact listings; kept: every line a step
+    prints (progress, results, errors) and the task status lines.
+    """
+
+    _EXECUTOR = re.compile(r"^(?P<indent>\s*)\[KFP Executor [^\]]*\]: ")
+    _KEEP_LOCAL = ("Executing task", "finished with status", "Pipeline ")
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._buffer = ""
+        self._dump_end: str | None = None  # the line that closes an executor-input dump
+        self._in_outputs = False  # kfp.local's listing of a finished task's outputs
+
+    def write(self, text: str) -> int:
+        """Filter complete lines; hold back a trailing partial line."""
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            if self._keep(line):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def _keep(self, line: str) -> bool:
+        if self._in_outputs:
+            self._in_outputs = not line.startswith("-----")
+            return not self._in_outputs
+        if self._dump_end is not None:  # inside the JSON that follows "Got executor_input:"
+            if line.rstrip() == self._dump_end:
+                self._dump_end = None
+            return False
+        executor = self._EXECUTOR.match(line)
+        if executor:
+            if line.rstrip().endswith("Got executor_input:"):
+                self._dump_end = executor.group("indent") + "}"
+            return False
+        if " - INFO - " in line and not any(k in line for k in self._KEEP_LOCAL):
+            return False
+        if "finished with status" in line:
+            self._in_outputs = True  # the task's outputs follow, up to the separator line
+        return bool(line.strip())
+
+    def flush(self) -> None:
+        """Flush the wrapped stream."""
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        """Whether the wrapped stream is a terminal."""
+        return self.stream.isatty()
 
 
 def _next_seed(workdir: Path) -> int:
     state = workdir / "state.json"
-    seed = 0
-    if state.exists():
-        seed = int(json.loads(state.read_text()).get("next_seed", 0))
-    return seed
+    return int(json.loads(state.read_text()).get("next_seed", 0)) if state.exists() else 0
 
 
 def _save_seed(workdir: Path, seed: int) -> None:
     (workdir / "state.json").write_text(json.dumps({"next_seed": seed + 1}))
 
 
+def _runner(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> Any:
+    from kfp import local
+
+    if args.runner == "subprocess":
+        return local.SubprocessRunner(use_venv=False)
+    # Each step in its own container from the project image. The work folder is mounted at
+    # the same path (storage, MLflow, the cache and the pipeline root live there), the
+    # container runs as this user (the image's own user could not write the folder), and
+    # shares the host's network (no bridge on machines like CI's).
+    return local.DockerRunner(
+        user=f"{os.getuid()}:{os.getgid()}",
+        network_mode="host",
+        environment=env,
+        volumes={str(workdir): {"bind": str(workdir), "mode": "rw"}},
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the DAG locally and print a summary."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess")
-    parser.add_argument(
-        "--workdir", default=".local_pipeline", help="Storage, MLflow and KFP outputs."
-    )
-    parser.add_argument("--images", type=int, default=2000, help="Demo images to generate.")
-    parser.add_argument(
-        "--seed", type=int, default=None, help="Demo seed (default: a new one per run)."
-    )
+    parser.add_argument("--workdir", default=".local_pipeline", help="storage, MLflow, KFP files")
+    parser.add_argument("--images", type=int, default=2000, help="demo images to generate")
+    parser.add_argument("--seed", type=int, default=None, help="demo seed (default: a new one)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--model-name", default="fashion-attr-demo")
     parser.add_argument("--gan-overrides", default="none")
     parser.add_argument("--classifier-overrides", default="none")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="project image (docker runner)")
+    parser.add_argument("--verbose", action="store_true", help="keep KFP's executor logs")
     args = parser.parse_args(argv)
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     seed = args.seed if args.seed is not None else _next_seed(workdir)
-    storage_dir = workdir / "storage"
-    mlflow_db = workdir / "mlflow.db"
-    artifacts = workdir / "mlartifacts"
-    tracking_uri = f"sqlite:///{mlflow_db}"
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "fashion-attr-demo")
-    os.environ["FA_CACHE_DIR"] = str(workdir / "cache")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    storage_dir, mlflow_db, artifacts = (
+        workdir / "storage",
+        workdir / "mlflow.db",
+        workdir / "mlartifacts",
+    )
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
+        "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", "fashion-attr-demo"),
+        "FA_CACHE_DIR": str(workdir / "cache"),
+        "PYTHONWARNINGS": "ignore",
+        "FA_PROGRESS": "lines",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    os.environ.update(env)
+    # The accelerator count is fixed when the DAG is compiled: train on this machine's CPU.
+    os.environ["FA_GPUS_PER_STEP"] = "0"
+    os.environ["FA_RETRIES"] = "0"  # no preemption here; a failure should end the run at once
+    os.environ["FA_IMAGE"] = args.image
+
+    from fashion_attr.data.sources import demo_uri
+    from fashion_attr.preflight import PreflightError, check_pipeline_inputs
+    from fashion_attr.steps.pipeline_params import names, overrides
+
+    source = demo_uri(args.images, seed)
+    defaults = _pipeline_defaults()
+    try:
+        check_pipeline_inputs(
+            source_uri=source,
+            storage_uri=str(storage_dir),
+            preset=args.preset,
+            gan_overrides=overrides(args.gan_overrides),
+            classifier_overrides=overrides(args.classifier_overrides),
+            model_name=args.model_name,
+            gate_metrics=names(defaults["gate_metrics"]),
+        )
+    except PreflightError as exc:
+        print(f"run_local: error: {exc}", file=sys.stderr)
+        return 2
 
     import mlflow
     from kfp import local
 
+    # kfp.local warns, per task, that cluster-only settings (resources, display names) and
+    # the project image mean nothing to a local runner: true, and not the user's concern.
+    warnings.filterwarnings("ignore", module=r"kfp\.local")
     # Artifacts on disk next to the database (the default would be ./mlruns in the cwd).
-    client = mlflow.MlflowClient(tracking_uri)
-    if client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"]) is None:
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    if client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"]) is None:
         client.create_experiment(
-            os.environ["MLFLOW_EXPERIMENT_NAME"], artifact_location=artifacts.as_uri()
+            env["MLFLOW_EXPERIMENT_NAME"], artifact_location=artifacts.as_uri()
         )
-
-    if args.runner == "docker":
-        runner = local.DockerRunner()
-    else:
-        runner = local.SubprocessRunner(use_venv=False)
     local.init(
-        runner=runner,
-        pipeline_root=str(workdir / "kfp"),
-        raise_on_error=True,
+        runner=_runner(args, workdir, env), pipeline_root=str(workdir / "kfp"), raise_on_error=True
     )
     from pipelines.retraining import retraining
 
-    source = f"demo://?images={args.images}&seed={seed}"
     print(f"fashion-attr: running the retraining DAG locally ({args.runner} runner)")
-    print(f"  source  {source}\n  storage {storage_dir}\n  mlflow  {tracking_uri}", flush=True)
+    print(f"  source  {source}\n  storage {storage_dir}\n  mlflow  {env['MLFLOW_TRACKING_URI']}")
+    print(f"  demo catalogs are cached in {workdir / 'cache' / 'demo'} (make clean removes them)")
     t0 = time.time()
-    run = retraining(
-        source_uri=source,
-        storage_uri=str(storage_dir),
-        preset=args.preset,
-        model_name=args.model_name,
-        gan_overrides=args.gan_overrides,
-        classifier_overrides=args.classifier_overrides,
-        ingest_parts=[0],
-        ingest_workers=2,
-        gpus_per_step=1,
-    )
-    elapsed = time.time() - t0
+    real_stdout = sys.stdout
+    if not args.verbose:
+        sys.stdout = QuietKfpOutput(real_stdout)
+    try:
+        run = retraining(
+            source_uri=source,
+            storage_uri=str(storage_dir),
+            preset=args.preset,
+            model_name=args.model_name,
+            gan_overrides=args.gan_overrides,
+            classifier_overrides=args.classifier_overrides,
+            ingest_parts=1,
+            ingest_workers=2,
+        )
+    finally:
+        sys.stdout = real_stdout
     _save_seed(workdir, seed)
     summary = json.loads(run.output)
-    from fashion_attr import storage
-
-    metrics = json.loads(storage.read_text(summary["metrics_uri"]))["metrics"]
-    _print_summary(summary, metrics, elapsed, mlflow_db, artifacts)
+    _print_summary(summary, time.time() - t0, workdir, args.model_name)
     return 0
 
 
-def _print_summary(
-    summary: dict, metrics: dict, elapsed: float, mlflow_db: Path, artifacts: Path
-) -> None:
+def _pipeline_defaults() -> dict[str, Any]:
+    import inspect
+
+    from pipelines.retraining import retraining
+
+    params = inspect.signature(retraining.pipeline_func).parameters
+    return {k: p.default for k, p in params.items()}
+
+
+def _print_summary(summary: dict, elapsed: float, workdir: Path, model_name: str) -> None:
+    from fashion_attr.evaluation.report import read_metrics_json
+
+    metrics = read_metrics_json(summary["metrics_uri"])
     print("\n" + "=" * 72)
     print(f"Pipeline finished in {elapsed / 60:.1f} min")
     print(f"Dataset version : {summary.get('dataset_version')}")
@@ -133,14 +247,22 @@ def _print_summary(
         shown = "n/a" if value is None else f"{100 * value:6.2f} %"
         print(f"    {key:<22} {shown}")
     print(f"Registered model: {summary['name']} version {summary['version']}")
-    alias = summary.get("alias")
-    print(f"Alias           : {alias} (champion is version {summary.get('champion_version')})")
-    print(f"Gate decision   : {summary.get('reason')}")
-    print("Open the MLflow UI with:")
     print(
-        f"    .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db} "
-        f"--default-artifact-root {artifacts.as_uri()} --port 5000"
+        f"Alias           : {summary['alias']} (champion is version "
+        f"{summary.get('champion_version')})"
     )
+    print(f"Gate decision   : {summary.get('reason')}")
+    table = (summary.get("decision") or {}).get("markdown")
+    if table:
+        print("\n" + table)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    print("Browse runs and models (MLflow UI):")
+    print(
+        f"    make mlflow-ui          # = .venv/bin/python -m mlflow ui --backend-store-uri {uri}"
+    )
+    print("Serve the champion and classify an image:")
+    print(f"    make serve              # serves models:/{model_name}@champion on port 5001")
+    print("    make predict IMAGE=path/to/photo.jpg [BBOX=x1,y1,x2,y2]")
     print("=" * 72)
 
 

@@ -13,7 +13,7 @@ Usage::
 Each run uses ``base_version=latest`` and ``batch_uri=<catalog-uri>``: it folds
 every catalog batch (``*.jsonl``) that the latest dataset version does not yet
 contain into a new version, retrains, evaluates and gates (see
-:func:`fashion_attr.steps.pipeline_entry.preprocess`). The first run bootstraps
+:mod:`fashion_attr.data.versions`). The first run bootstraps
 from ``--source-uri``. The recurring run has max concurrency 1 and no
 catch-up, so a slow run never overlaps the next and a paused schedule does not
 replay missed nights.

@@ -4,7 +4,7 @@ Fixtures (all CPU-only, no network):
 
 ``demo_dataset`` (session scope) -> pathlib.Path
     A small procedural dataset in the exact DeepFashion-C layout
-    (:func:`fashion_attr.data.demo.generate_demo_dataset`): 96 images of 48-96
+    (:func:`fashion_attr.demo.generate_demo_dataset`): 96 images of 48-96
     px, seed 0, 5 % of the attribute labels written as 0 (unknown), so the
     unknown-label mask is exercised. Shared by every test of the session:
     treat it as READ-ONLY (use ``demo_copy`` to modify it).
@@ -77,7 +77,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fashion_attr.data.demo import generate_demo_dataset
+    from fashion_attr.demo import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo_dataset")
     return generate_demo_dataset(
@@ -153,3 +153,80 @@ def s3_server(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return S3Server(endpoint_url=moto_endpoint, bucket=bucket, client=client)
+
+
+# --------------------------------------------------------------------------- the local DAG
+
+ROOT = Path(__file__).resolve().parents[1]
+#: A made-up secret put into every credential variable of the shared local DAG run;
+#: tests/test_security_secrets.py checks it appears nowhere the run wrote or printed.
+SENTINEL = "SENTINEL-9c4e2b7d1f"
+#: The registered model name of the shared local DAG run.
+CANARY = "fa-sec-canary"
+TINY_PIPELINE = [
+    "--images",
+    "120",
+    "--gan-overrides",
+    '["epochs=1", "max_steps=3", "batch_size=16"]',
+    "--classifier-overrides",
+    '["epochs=1", "batch_size=16", "deact.every=2"]',
+]
+
+
+@dataclass(frozen=True)
+class LocalPipeline:
+    """One run of ``python -m pipelines.run_local`` (its folder and what it printed)."""
+
+    workdir: Path
+    model_name: str
+    stdout: str
+    stderr: str
+
+
+def sentinel_env() -> dict[str, str]:
+    """This environment without MLflow settings, with sentinel secrets in every credential."""
+    import os
+
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FA_"))},
+        "PYTHONPATH": str(ROOT),
+        "AWS_ACCESS_KEY_ID": f"AKIA{SENTINEL}",
+        "AWS_SECRET_ACCESS_KEY": f"{SENTINEL}-aws-secret",
+        "AWS_SESSION_TOKEN": f"{SENTINEL}-aws-token",
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": f"{SENTINEL}-mlflow",
+        "MLFLOW_TRACKING_TOKEN": f"{SENTINEL}-token",
+        # Endpoints with credentials in them; storage is local, so never contacted.
+        "AWS_ENDPOINT_URL": f"http://minio:{SENTINEL}-uri@127.0.0.1:9",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://minio:{SENTINEL}-uri@127.0.0.1:9",
+    }
+
+
+def run_local_pipeline(workdir: Path, model_name: str, *extra: str) -> LocalPipeline:
+    """Run the whole DAG with kfp.local on tiny budgets (the CLI, as ``make run`` does)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.run_local",
+            *("--workdir", str(workdir), "--model-name", model_name),
+            *TINY_PIPELINE,
+            *extra,
+        ],
+        cwd=ROOT,
+        env=sentinel_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return LocalPipeline(workdir, model_name, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def local_pipeline(tmp_path_factory: pytest.TempPathFactory) -> LocalPipeline:
+    """The whole DAG, run once for the session (tests read it; copy it to change it)."""
+    return run_local_pipeline(tmp_path_factory.mktemp("local_dag") / "work", CANARY)

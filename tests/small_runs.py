@@ -27,3 +27,34 @@ CLF_SMALL = [
     "lr_milestones=[1]",
     "export=last",
 ]
+
+
+def run_gan(data: str, out: object, overrides: list[str], preset: str = "tiny", **kw: object):
+    """``train_gan.run`` with the config resolved as the CLI resolves it."""
+    from fashion_attr.config import GanConfig, load_config
+    from fashion_attr.steps import train_gan
+
+    cfg = load_config(GanConfig, preset=preset, overrides=overrides)
+    return train_gan.run(cfg, data, str(out), **kw)
+
+
+def run_classifier(
+    data: str, out: object, overrides: list[str], preset: str = "tiny", **kw: object
+):
+    """``train_classifier.run`` with the config resolved as the CLI resolves it."""
+    from fashion_attr.config import ClassifierConfig, load_config
+    from fashion_attr.steps import train_classifier
+
+    cfg = load_config(ClassifierConfig, preset=preset, overrides=overrides)
+    return train_classifier.run(cfg, data, str(out), **kw)
+
+
+def run_evaluate(
+    model: str, data: str, out: object, overrides: list[str] = (), preset: str = "tiny", **kw
+):
+    """``evaluate.run`` with the config resolved as the CLI resolves it."""
+    from fashion_attr.config import EvaluateConfig, load_config
+    from fashion_attr.steps import evaluate
+
+    cfg = load_config(EvaluateConfig, preset=preset, overrides=list(overrides))
+    return evaluate.run(cfg, model, data, str(out), **kw)

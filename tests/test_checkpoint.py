@@ -115,8 +115,8 @@ def test_malicious_pickle_is_refused_and_never_runs(
 
 
 def test_exported_loaders_refuse_malicious_files(tmp_path: Path) -> None:
-    from fashion_attr.classifier.engine import load_exported_model
-    from fashion_attr.gan.training_loop import load_generator
+    from fashion_attr.classifier.export import load_exported_model
+    from fashion_attr.gan.export import load_generator
 
     marker = tmp_path / "marker.txt"
     path = tmp_path / "generator.pt"

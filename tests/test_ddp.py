@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 from fashion_attr.checkpoint import load_artifact
-from small_runs import GAN_NET, GAN_QUICK
+from small_runs import GAN_NET, GAN_QUICK, run_gan
 
 LAUNCHER = '''
 """torchrun entry with debug hooks (see tests/test_ddp.py)."""
@@ -133,10 +133,9 @@ def _argv(data: str, out: Path, overrides: list[str], *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def generator_uri(demo_version: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    from fashion_attr.steps import train_gan
 
     out = tmp_path_factory.mktemp("ddp_gan") / "gan"
-    return train_gan.run(demo_version, str(out), preset="tiny", overrides=GAN_QUICK)["generator"]
+    return run_gan(demo_version, str(out), GAN_QUICK).generator
 
 
 def test_train_classifier_two_ranks_habp_deact(

@@ -27,8 +27,9 @@ from fashion_attr.data.annotations import (
     HEADERS,
     write_annotation_file,
 )
-from fashion_attr.steps import evaluate, train_classifier
+from fashion_attr.steps import evaluate
 from PIL import Image
+from small_runs import run_classifier, run_evaluate
 
 CATEGORIES = [("Tee", 1), ("Skirt", 2), ("Dress", 3)]
 ATTRIBUTES = [("print", 1), ("floral", 1), ("denim", 2), ("red", 5)]
@@ -80,17 +81,10 @@ def hand_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ).uri
     # A real export (format, preprocessing, label layout) from a one-step run ...
     out = root / "clf"
-    train_classifier.run(
+    run_classifier(
         data,
-        str(out),
-        preset="tiny",
-        overrides=[
-            "deact.enabled=false",
-            "batch_size=4",
-            "max_steps=1",
-            "image_size=16",
-            "export=last",
-        ],
+        out,
+        ["deact.enabled=false", "batch_size=4", "max_steps=1", "image_size=16", "export=last"],
     )
     # ... whose heads are then set by hand: zero weights, known biases.
     blob = load_artifact(out / "model.pt")
@@ -106,14 +100,10 @@ def hand_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_hand_computed_metrics(hand_case: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    summary = evaluate.run(
-        hand_case["model"],
-        hand_case["data"],
-        str(out),
-        preset="tiny",
-        overrides=["ks=[1, 2]", "tail_threshold=2"],
+    summary = run_evaluate(
+        hand_case["model"], hand_case["data"], out, ["ks=[1, 2]", "tail_threshold=2"]
     )
-    assert summary["images"] == 3
+    assert summary.images == 3
     m = json.loads((out / "metrics.json").read_text())["metrics"]
     # Ranking of every image: print (2) > floral (1) > denim (0) > red (-1).
     # Test positives: T1 {print, denim}, T2 {floral, red}, T3 {denim} -> 5 in all.
@@ -162,7 +152,7 @@ def test_hand_computed_metrics(hand_case: dict[str, Any], tmp_path: Path) -> Non
     report = (out / "report.md").read_text()
     assert "20.00" in report  # all@1 = 20 % in the paper-style table
     assert "Comparison" not in report
-    assert summary["metrics_uri"] == str(out / "metrics.json")
+    assert summary.metrics_uri == str(out / "metrics.json")
 
 
 def test_compare_to_adds_a_comparison_table(
@@ -189,7 +179,7 @@ def test_compare_to_adds_a_comparison_table(
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert evaluate.main([*argv[:-1], str(bad)]) == 2
-    assert "no 'metrics' mapping" in capsys.readouterr().err
+    assert "field 'metrics' is missing" in capsys.readouterr().err
 
 
 def test_model_for_another_label_layout_is_refused(

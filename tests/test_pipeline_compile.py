@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 GOLDEN = Path(__file__).parent / "golden" / "fashion-attr-retraining.yaml"
-GPU_STEPS = {"train-gan", "train-classifier", "evaluate"}
-CPU_STEPS = {"preprocess-part", "preprocess-merge", "register"}
+GPU_STEPS = {"gan-training", "classifier-training", "evaluation", "registration"}
+CPU_STEPS = {"validation", "ingest-part", "ingest"}
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +85,16 @@ def test_gpu_steps_retry_and_training_is_cached_on_dataset_version(compiled) -> 
     tasks = spec["root"]["dag"]["tasks"]
     for task in GPU_STEPS:
         assert tasks[task]["retryPolicy"]["maxRetryCount"] >= 1, task
+    for task in ("gan-training", "classifier-training", "evaluation"):
         assert tasks[task]["cachingOptions"].get("enableCache") is True, task
-        params = tasks[task]["inputs"]["parameters"]
-        # The cache key holds the dataset version (an upstream output), never a run id.
-        assert (
-            params["dataset_version"]["taskOutputParameter"]["producerTask"] == "preprocess-merge"
-        )
-        assert "pipeline_run" not in params
-    for task in ("preprocess-merge", "register"):
+        inputs = tasks[task]["inputs"]
+        # The cache key holds the dataset artifact (which names the version), never a run id.
+        dataset = inputs["artifacts"]["dataset"]["taskOutputArtifact"]
+        assert dataset == {"outputArtifactKey": "dataset", "producerTask": "ingest"}, task
+        assert "pipeline_run" not in inputs.get("parameters", {}), task
+    for task in ("validation", "ingest", "registration"):
         assert not tasks[task].get("cachingOptions", {}).get("enableCache"), task
+    assert "retryPolicy" not in tasks["validation"]  # a user error is not worth a retry
 
 
 def test_credentials_come_from_secrets_not_parameters(compiled) -> None:
@@ -132,11 +133,12 @@ def test_pipeline_name_and_dag_order(compiled) -> None:
     spec, _, _ = compiled
     assert spec["pipelineInfo"]["name"] == "fashion-attr-retraining"
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["preprocess-merge"]["dependentTasks"] == ["for-loop-1"]
-    assert "preprocess-merge" in tasks["train-gan"]["dependentTasks"]
-    assert "train-gan" in tasks["train-classifier"]["dependentTasks"]
-    assert "train-classifier" in tasks["evaluate"]["dependentTasks"]
-    assert {"evaluate", "train-classifier"} <= set(tasks["register"]["dependentTasks"])
+    assert tasks["for-loop-1"]["dependentTasks"] == ["validation"]
+    assert tasks["ingest"]["dependentTasks"] == ["for-loop-1"]
+    assert "ingest" in tasks["gan-training"]["dependentTasks"]
+    assert "gan-training" in tasks["classifier-training"]["dependentTasks"]
+    assert "classifier-training" in tasks["evaluation"]["dependentTasks"]
+    assert {"evaluation", "classifier-training"} <= set(tasks["registration"]["dependentTasks"])
 
 
 def test_components_are_thin_lightweight_shells() -> None:
@@ -144,18 +146,13 @@ def test_components_are_thin_lightweight_shells() -> None:
 
     from pipelines import components
 
-    for name in (
-        "preprocess_part",
-        "preprocess_merge",
-        "train_gan",
-        "train_classifier",
-        "evaluate",
-        "register",
-    ):
+    names = ["validation", "ingest_part", "ingest", "gan_training", "classifier_training"]
+    for name in [*names, "evaluation", "registration"]:
         comp = getattr(components, name)
         source = inspect.getsource(comp.python_func)
         body = source.split('"""')[-1]
-        assert "from fashion_attr.steps import pipeline_entry" in body, name
-        assert body.count("pipeline_entry.") == 1, f"{name} must only call pipeline_entry"
+        assert "from fashion_attr.steps import kfp_adapter" in body, name
+        assert body.count("kfp_adapter.") == 1, f"{name} must make exactly one adapter call"
+        assert f"kfp_adapter.{name}(" in body, name
         command = comp.component_spec.implementation.container.command
         assert "pip install" not in " ".join(command), name

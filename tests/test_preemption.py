@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 from fashion_attr.checkpoint import load_artifact
-from small_runs import CLF_SMALL, GAN_SMALL
+from small_runs import CLF_SMALL, GAN_SMALL, run_gan
 
 CHECKPOINT_EVERY = 3
 TOTAL_STEPS = 16  # 2 epochs of 8 batches of 8 (66 train images)
@@ -190,11 +190,10 @@ def _assert_same_final_weights(step: str, ref: Path, other: Path) -> None:
 
 @pytest.fixture(scope="module")
 def generator_uri(demo_version: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    from fashion_attr.steps import train_gan
 
     out = tmp_path_factory.mktemp("pre_gan") / "gan"
     overrides = [*GAN_SMALL, "epochs=1", "max_steps=2"]
-    return train_gan.run(demo_version, str(out), preset="tiny", overrides=overrides)["generator"]
+    return run_gan(demo_version, str(out), overrides).generator
 
 
 @pytest.fixture(scope="module")

@@ -66,9 +66,10 @@ def predictor(blob: dict) -> ImagePredictor:
     return ImagePredictor(blob, threshold=0.5, top_k=3, device="cpu")
 
 
-def test_model_format_matches_the_training_export() -> None:
-    engine = pytest.importorskip("fashion_attr.classifier.engine")
-    assert engine.MODEL_FORMAT == MODEL_FORMAT
+def test_model_format_has_one_home_shared_with_the_training_export() -> None:
+    from fashion_attr.classifier import export
+
+    assert MODEL_FORMAT is export.MODEL_FORMAT == "fashion_attr.classifier/v1"
 
 
 def test_preprocessing_is_resize_then_per_channel_normalisation(predictor: ImagePredictor) -> None:

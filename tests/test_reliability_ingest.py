@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 from fashion_attr.data.annotations import load_annotations_from_dir
-from fashion_attr.data.demo import generate_demo_dataset
 from fashion_attr.data.ingest import run_preprocess
 from fashion_attr.data.shards import (
     ManifestError,
@@ -42,6 +41,7 @@ from fashion_attr.data.shards import (
     sample_key,
     sha256_file,
 )
+from fashion_attr.demo import generate_demo_dataset
 
 IMAGE_SIZE = 96
 PER_SHARD = 8
@@ -135,7 +135,7 @@ def test_sigkill_mid_run_leaves_no_version_and_the_rerun_is_exact(
         proc.communicate(timeout=30)
     assert first_shard_at is not None, "no shard appeared before the run ended"
     assert proc.returncode == -signal.SIGKILL, "the run finished before the kill landed"
-    [version_dir] = list(dest.iterdir())
+    [version_dir] = sorted(dest.glob("v-*"))
     shards_left = sorted(p.name for p in version_dir.glob("*.tar"))
     assert shards_left, "the kill landed before any shard was published"
     assert not (version_dir / "manifest.json").exists()
@@ -166,7 +166,7 @@ def test_two_ingests_of_one_source_at_once_publish_one_valid_version(
     summaries = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outs]
     assert {s["status"] for s in summaries} <= {"created", "exists"}
     assert summaries[0]["version"] == summaries[1]["version"]
-    versions = list(dest.iterdir())
+    versions = sorted(dest.glob("v-*"))
     assert len(versions) == 1
     counts = verify_version(str(versions[0]), source400)
     assert sum(counts.values()) == 400
@@ -200,6 +200,6 @@ def test_a_run_failing_after_a_concurrent_run_published_keeps_its_shards(
         run_preprocess(
             demo_dataset, dest, image_size=32, shard_max_samples=PER_SHARD, progress=False
         )
-    [version_dir] = list(dest.iterdir())
+    [version_dir] = sorted(dest.glob("v-*"))
     counts = verify_version(str(version_dir), demo_dataset)
     assert sum(counts.values()) == 96

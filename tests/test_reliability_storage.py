@@ -169,6 +169,7 @@ def test_register_reads_model_metrics_and_report_from_s3_through_faults(
     s3_server, proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
+    from fashion_attr.config import RegisterConfig, load_config
     from fashion_attr.steps.register import run as register_run
     from mlflow_server import export_tiny_model, write_metrics
 
@@ -192,15 +193,15 @@ def test_register_reads_model_metrics_and_report_from_s3_through_faults(
 
     start = time.monotonic()
     summary = register_run(
+        load_config(RegisterConfig, extra={"model_name": "fa-faults"}),
         s3_server.uri("runs/model.pt"),
         s3_server.uri("runs/metrics.json"),
         pipeline_run="faults-1",
-        model_name="fa-faults",
         tracking_uri=tracking,
         reports=[s3_server.uri("runs/report.md")],
     )
     _report("register", proxy, time.monotonic() - start)
-    assert summary["version"] == "1" and summary["alias"] == "champion"
+    assert summary.version == "1" and summary.alias == "champion"
     client = mlflow.MlflowClient(tracking)
     mv = client.get_model_version("fa-faults", "1")
     assert mv.tags["metric.attr_recall_at_3/all"] == repr(0.5)

@@ -39,12 +39,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from conftest import CANARY, ROOT, SENTINEL, LocalPipeline
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-ROOT = Path(__file__).resolve().parents[1]
-SENTINEL = "SENTINEL-9c4e2b7d1f"
-CANARY = "fa-sec-canary"
 TINY_GAN = ["--preset", "tiny", "--set", "epochs=1", "--set", "max_steps=3"]
 TINY_GAN += ["--set", "batch_size=16"]
 TINY_CLF = ["--preset", "tiny", "--set", "epochs=1", "--set", "batch_size=16"]
@@ -114,8 +110,8 @@ def scan_mlflow(client) -> tuple[list[str], dict[str, int]]:
 
 
 def test_tracker_redacts_secret_keys_and_uri_credentials(tmp_path: Path, monkeypatch) -> None:
-    from fashion_attr.registry.mlflow_registry import _safe_uri
-    from fashion_attr.tracking import Tracker, redact_params
+    from fashion_attr.credentials import redact_params, safe_uri
+    from fashion_attr.tracking import Tracker
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = {
@@ -139,19 +135,16 @@ def test_tracker_redacts_secret_keys_and_uri_credentials(tmp_path: Path, monkeyp
         },
     }
     assert redact_params({"password_file": "x", "passwd": "y", "credentials": "z"}) == {}
-    assert _safe_uri(f"https://u:{SENTINEL}@h/x") == "https://***@h/x"
+    assert safe_uri(f"https://u:{SENTINEL}@h/x") == "https://***@h/x"
     assert not leaks((tmp_path / "metrics.jsonl").read_bytes(), "metrics.jsonl")
 
 
 def test_credentials_move_from_the_tracking_uri_to_the_mlflow_variables(monkeypatch) -> None:
     """Regression: MLflow printed ``View run ... at: http://admin:<password>@host/...``."""
     import mlflow
-    from fashion_attr.registry.mlflow_registry import (
-        adopt_uri_credentials,
-        split_uri_credentials,
-        use_tracking_uri,
-    )
-    from fashion_attr.steps.common import scrub_tracking_uri
+    from fashion_attr.credentials import adopt_uri_credentials, split_uri_credentials
+    from fashion_attr.registry.mlflow_registry import use_tracking_uri
+    from fashion_attr.steps.contract import scrub_tracking_uri
 
     assert split_uri_credentials("https://fa:p%40ss@mlflow:5000/x") == (
         "https://mlflow:5000/x",
@@ -239,7 +232,7 @@ def test_step_chain_with_s3_and_authenticated_mlflow_leaks_no_secret(
     tmp_path: Path, s3_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
-    from fashion_attr.data.demo import generate_demo_dataset
+    from fashion_attr.demo import generate_demo_dataset
     from mlflow_server import running_tracking_server
 
     source = generate_demo_dataset(tmp_path / "source", images=120, seed=5)
@@ -333,41 +326,12 @@ def test_step_chain_with_s3_and_authenticated_mlflow_leaks_no_secret(
 # --------------------------------------------------------------------------- kfp.local DAG
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_local_pipeline_run_leaks_no_secret(tmp_path: Path) -> None:
+def test_local_pipeline_run_leaks_no_secret(local_pipeline: LocalPipeline) -> None:
+    """The shared local DAG run (conftest.py) had sentinel secrets in every credential."""
     import mlflow
 
-    workdir = tmp_path / "work"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-        "PYTHONPATH": str(ROOT),
-        "AWS_ACCESS_KEY_ID": f"AKIA{SENTINEL}",
-        "AWS_SECRET_ACCESS_KEY": f"{SENTINEL}-aws-secret",
-        "AWS_SESSION_TOKEN": f"{SENTINEL}-aws-token",
-        "MLFLOW_TRACKING_USERNAME": "admin",
-        "MLFLOW_TRACKING_PASSWORD": f"{SENTINEL}-mlflow",
-        "MLFLOW_TRACKING_TOKEN": f"{SENTINEL}-token",
-        # Endpoints with credentials in them; storage is local, so never contacted.
-        "AWS_ENDPOINT_URL": f"http://minio:{SENTINEL}-uri@127.0.0.1:9",
-        "MLFLOW_S3_ENDPOINT_URL": f"http://minio:{SENTINEL}-uri@127.0.0.1:9",
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.run_local",
-            *("--workdir", str(workdir), "--images", "120", "--model-name", CANARY),
-            *("--gan-overrides", '["epochs=1", "max_steps=3", "batch_size=16"]'),
-            *("--classifier-overrides", '["epochs=1", "batch_size=16", "deact.every=2"]'),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=850,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output.decode()[-4000:]
+    workdir = local_pipeline.workdir
+    output = (local_pipeline.stdout + local_pipeline.stderr).encode()
     found = leaks(output, "run_local stdout/stderr")
     files_found, files = scan_files(workdir.rglob("*"))
     found += files_found
@@ -378,4 +342,4 @@ def test_local_pipeline_run_leaks_no_secret(tmp_path: Path) -> None:
     kfp_files = list((workdir / "kfp").rglob("*"))
     assert files >= 20 and len(kfp_files) >= 10
     assert seen["runs"] >= 5 and seen["params"] >= 20 and seen["versions"] == 1
-    assert f"Registered model: {CANARY} version 1".encode() in proc.stdout
+    assert f"Registered model: {CANARY} version 1" in local_pipeline.stdout

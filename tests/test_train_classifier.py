@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 import torch
 from fashion_attr.checkpoint import load_artifact, save_artifact
-from fashion_attr.classifier import engine
-from fashion_attr.classifier.deact import DeactLoss, SyntheticBatch
-from fashion_attr.classifier.engine import NonFiniteLossError, load_exported_model
+from fashion_attr.classifier import trainer
+from fashion_attr.classifier.deact import DeactLoss, SyntheticBatch, make_deact
+from fashion_attr.classifier.export import load_exported_model
 from fashion_attr.classifier.task import ClassifierTask, StepTerms
-from fashion_attr.gan.training_loop import load_generator
-from fashion_attr.steps import evaluate, train_classifier, train_gan
-from small_runs import CLF_SMALL, GAN_QUICK
+from fashion_attr.gan.export import load_generator
+from fashion_attr.runtime import NonFiniteLossError
+from fashion_attr.steps import train_classifier
+from small_runs import CLF_SMALL, GAN_QUICK, run_classifier, run_evaluate, run_gan
 
 SMALL = CLF_SMALL  # 2 epochs of 8 steps (tests/small_runs.py)
 
@@ -33,13 +34,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def generator_uri(demo_version: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("clf_gan") / "gan"
-    return train_gan.run(demo_version, str(out), preset="tiny", overrides=GAN_QUICK)["generator"]
+    return run_gan(demo_version, str(out), GAN_QUICK).generator
 
 
 def _run(data: str, out: Path, generator: str | None, *overrides: str) -> dict[str, Any]:
-    return train_classifier.run(
-        data, str(out), generator=generator, preset="tiny", overrides=[*SMALL, *overrides]
-    )
+    return run_classifier(data, str(out), [*SMALL, *overrides], generator=generator)
 
 
 def _argv(data: str, out: Path, *overrides: str) -> list[str]:
@@ -81,8 +80,8 @@ def test_every_loss_runs_a_couple_of_steps(demo_version: str, tmp_path: Path) ->
         summary = _run(
             demo_version, out, None, "deact.enabled=false", "max_steps=2", "epochs=1", *variant
         )
-        assert summary["steps"] == 2 and summary["deact_steps"] == 0
-        _, meta = load_exported_model(summary["model"])
+        assert summary.steps == 2 and summary.deact_steps == 0
+        _, meta = load_exported_model(summary.model)
         assert meta["config"]["loss"]["name"] == variant[0].split("=")[1]
         logged = _metrics(out / "metrics.jsonl")[0]
         assert logged["step"] == 2 and math.isfinite(logged["metrics"]["loss_real"])
@@ -122,9 +121,9 @@ def test_deact_every_n_steps_and_the_generator_stays_frozen(
     monkeypatch.setattr(ClassifierTask, "step_loss", step_loss)
     monkeypatch.setattr(DeactLoss, "synthesize", synthesize)
     summary = _run(demo_version, tmp_path / "clf", generator_uri, "deact.every=3")
-    assert summary["steps"] == 16
+    assert summary.steps == 16
     assert deact_at == [3, 6, 9, 12, 15]
-    assert summary["deact_steps"] == 16 // 3 == len(deact_at)
+    assert summary.deact_steps == 16 // 3 == len(deact_at)
     # The frozen generator: same object each time, weights and BN statistics bitwise
     # unchanged, no gradient ever accumulated, never switched to train mode.
     reference, _ = load_generator(generator_uri)
@@ -185,7 +184,7 @@ def test_make_deact_zeroes_labels_absent_from_train_and_sets_the_options() -> No
         max_channels=8,
         out_channels=3,
     )
-    deact = engine.make_deact(
+    deact = make_deact(
         cfg,
         info,
         MRGenerator(spec),
@@ -258,12 +257,12 @@ def _stop_in_step(monkeypatch: pytest.MonkeyPatch, stop_step: int) -> None:
 
 def _with_dropout(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dropout draws from the global RNG: exact resume must restore and protect it."""
-    original = engine.build_classifier
+    original = trainer.build_classifier
 
     def build(*args: Any, **kwargs: Any) -> torch.nn.Module:
         return original(*args, **{**kwargs, "dropout": 0.5})
 
-    monkeypatch.setattr(engine, "build_classifier", build)
+    monkeypatch.setattr(trainer, "build_classifier", build)
 
 
 def _assert_same_final_state(ref: Path, other: Path) -> None:
@@ -290,7 +289,7 @@ def test_resume_mid_epoch_with_deact_is_bitwise_exact(
     if dropout:
         _with_dropout(monkeypatch)
     ref = tmp_path / "ref"
-    assert _run(demo_version, ref, generator_uri)["deact_steps"] == 8
+    assert _run(demo_version, ref, generator_uri).deact_steps == 8
     out = tmp_path / "resumed"
     with monkeypatch.context() as m:
         _stop_in_step(m, 12)  # last checkpoint: step 9, mid-epoch 2 (sample 8 of 64)
@@ -300,8 +299,8 @@ def test_resume_mid_epoch_with_deact_is_bitwise_exact(
     assert (state["step"], state["epoch"], state["samples_consumed"]) == (9, 1, [8])
     assert not (out / "model.pt").exists()
     summary = _run(demo_version, out, generator_uri)
-    assert summary["resumed_from_step"] == 9 and summary["steps"] == 16
-    assert summary["deact_steps"] == 8
+    assert summary.resumed_from_step == 9 and summary.steps == 16
+    assert summary.deact_steps == 8
     _assert_same_final_state(ref, out)
 
 
@@ -311,12 +310,12 @@ def test_max_steps_stop_then_longer_run_resumes(
     # A run stopped by max_steps mid-epoch exports a model (validated on the spot) ...
     out = tmp_path / "clf"
     first = _run(demo_version, out, generator_uri, "max_steps=5")
-    assert first["steps"] == 5 and first["epochs"] == 0
-    assert "attr_recall@3/all" in first["val_metrics"] and "epoch" not in first["val_metrics"]
+    assert first.steps == 5 and first.epochs == 0
+    assert "attr_recall@3/all" in first.val_metrics and "epoch" not in first.val_metrics
     assert load_artifact(out / "model.pt")["step"] == 5
     # ... and the same folder with a larger budget continues from step 5.
     second = _run(demo_version, out, generator_uri)
-    assert second["resumed_from_step"] == 5 and second["steps"] == 16
+    assert second.resumed_from_step == 5 and second.steps == 16
 
 
 def test_export_best_and_stale_best_model(
@@ -330,7 +329,9 @@ def test_export_best_and_stale_best_model(
     best_epoch = max(range(len(scores)), key=lambda i: (scores[i], -i))
     assert blob["val_metrics"]["attr_recall@3/all"] == max(scores)
     assert blob["step"] == 8 * (best_epoch + 1)
-    assert json.dumps(summary["val_metrics"]) == json.dumps(blob["val_metrics"])
+    # The result says None where the export keeps NaN (an undefined metric).
+    exported = {k: None if math.isnan(v) else v for k, v in blob["val_metrics"].items()}
+    assert json.dumps(summary.val_metrics) == json.dumps(exported)
     # --no-resume in the used folder with no epoch end must not export the old best model.
     argv = [*_argv(demo_version, out, "export=best", "max_steps=3"), "--no-resume"]
     assert train_classifier.main([*argv, "--generator", generator_uri]) == 0
@@ -413,8 +414,8 @@ def _constant_predictor_metrics(data: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def e2e_version(tmp_path_factory: pytest.TempPathFactory) -> str:
     """800 demo images at 32 px (about 560 train / 120 test): enough to learn from in seconds."""
-    from fashion_attr.data.demo import generate_demo_dataset
     from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.demo import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("e2e")
     src = generate_demo_dataset(root / "src", images=800, seed=0, min_size=32, max_size=64)
@@ -424,26 +425,24 @@ def e2e_version(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_tiny_preset_end_to_end_beats_a_constant_predictor(
     e2e_version: str, tmp_path: Path
 ) -> None:
-    gan = train_gan.run(
+    gan = run_gan(
         e2e_version,
         str(tmp_path / "gan"),
-        preset="tiny",
-        overrides=["image_size=16", "base_size=4", "batch_size=16", "max_steps=10"],
+        ["image_size=16", "base_size=4", "batch_size=16", "max_steps=10"],
     )
-    clf = train_classifier.run(
+    clf = run_classifier(  # the tiny preset: habp + deact (every 5 steps, lambda 0.01)
         e2e_version,
         str(tmp_path / "clf"),
-        generator=gan["generator"],
-        preset="tiny",  # habp + deact (every 5 steps, lambda 0.01)
-        overrides=["image_size=32", "epochs=15", "lr_milestones=[10, 13]"],
+        ["image_size=32", "epochs=15", "lr_milestones=[10, 13]"],
+        generator=gan.generator,
     )
-    assert clf["deact_steps"] == clf["steps"] // 5 > 0
-    result = evaluate.run(clf["model"], e2e_version, str(tmp_path / "eval"), preset="tiny")
-    got = result["metrics"]
+    assert clf.deact_steps == clf.steps // 5 > 0
+    result = run_evaluate(clf.model, e2e_version, tmp_path / "eval")
+    got = result.metrics
     base = _constant_predictor_metrics(e2e_version)
     from fashion_attr.data.shards import load_manifest
 
-    assert result["images"] == load_manifest(e2e_version).counts["test"] > 100
+    assert result.images == load_manifest(e2e_version).counts["test"] > 100
     # The prior already ranks the frequent attributes first; the model must do better.
     assert got["attr_recall@3/all"] > base["attr_recall@3/all"] + 0.03, (got, base)
     assert got["map/all"] > base["map/all"] + 0.05, (got, base)

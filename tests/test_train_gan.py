@@ -18,13 +18,14 @@ import torch
 import yaml
 from fashion_attr.checkpoint import load_artifact
 from fashion_attr.data.shards import load_manifest
-from fashion_attr.gan import training_loop
+from fashion_attr.gan.export import load_generator
 from fashion_attr.gan.loss import MRGANLoss, StepLosses
 from fashion_attr.gan.networks import make_condition
-from fashion_attr.gan.training_loop import NonFiniteLossError, load_generator
+from fashion_attr.runtime import NonFiniteLossError
 from fashion_attr.steps import train_gan
+from fashion_attr.training import ResumableLoop
 from PIL import Image
-from small_runs import GAN_SMALL
+from small_runs import GAN_SMALL, run_gan
 
 SMALL = GAN_SMALL  # 16 px pyramid, 2 epochs of 8 steps (tests/small_runs.py)
 STEPS_PER_EPOCH = 8
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def gan_run(demo_version: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One uninterrupted reference run (its generator.pt is reused by other tests)."""
     out = tmp_path_factory.mktemp("gan_ref") / "gan"
-    summary = train_gan.run(demo_version, str(out), preset="tiny", overrides=SMALL)
+    summary = run_gan(demo_version, str(out), SMALL)
     return {"out": out, "summary": summary}
 
 
@@ -58,9 +59,9 @@ def _assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
 def test_outputs_of_a_tiny_run(gan_run: dict[str, Any], demo_version: str) -> None:
     out: Path = gan_run["out"]
     summary = gan_run["summary"]
-    assert summary["steps"] == 2 * STEPS_PER_EPOCH and summary["epochs"] == 2
-    assert summary["resumed_from_step"] is None
-    assert summary["generator"] == str(out / "generator.pt")
+    assert summary.steps == 2 * STEPS_PER_EPOCH and summary.epochs == 2
+    assert summary.resumed_from_step is None
+    assert summary.generator == str(out / "generator.pt")
 
     g, meta = load_generator(str(out / "generator.pt"))
     manifest = load_manifest(demo_version)
@@ -96,7 +97,7 @@ def test_outputs_of_a_tiny_run(gan_run: dict[str, Any], demo_version: str) -> No
     assert last["loss_d"] == pytest.approx(mean_d, rel=1e-5)
     assert 0.0 <= last["projection_msc"] <= 1.0
     assert last["loss_dc"] > 0
-    assert metrics[2]["metrics"]["final_projection_msc"] == pytest.approx(summary["projection_msc"])
+    assert metrics[2]["metrics"]["final_projection_msc"] == pytest.approx(summary.projection_msc)
     params = next(r for r in _records(out / "metrics.jsonl") if r["type"] == "params")
     assert params["params"]["config.z_dim"] == "16"
 
@@ -117,10 +118,8 @@ def test_outputs_of_a_tiny_run(gan_run: dict[str, Any], demo_version: str) -> No
 
 def test_output_to_s3(demo_version: str, s3_server: Any, tmp_path: Path) -> None:
     out = s3_server.uri("runs/gan")
-    summary = train_gan.run(
-        demo_version, out, preset="tiny", overrides=[*SMALL, "epochs=1", "max_steps=4"]
-    )
-    assert summary["generator"] == f"{out}/generator.pt" and summary["steps"] == 4
+    summary = run_gan(demo_version, out, [*SMALL, "epochs=1", "max_steps=4"])
+    assert summary.generator == f"{out}/generator.pt" and summary.steps == 4
     keys = {
         o["Key"]
         for o in s3_server.client.list_objects_v2(Bucket=s3_server.bucket, Prefix="runs/gan/")[
@@ -135,24 +134,21 @@ def test_output_to_s3(demo_version: str, s3_server: Any, tmp_path: Path) -> None
         "runs/gan/samples/epoch_000.png",
         "runs/gan/samples/epoch_000_perturbed.png",
     } <= keys
-    g, meta = load_generator(summary["generator"])
+    g, meta = load_generator(summary.generator)
     assert meta["steps"] == 4 and not g.training
     assert load_artifact(f"{out}/checkpoint.pt")["step"] == 4
     # Resuming from the S3 checkpoint works too (nothing left to do: same step).
-    again = train_gan.run(
-        demo_version, out, preset="tiny", overrides=[*SMALL, "epochs=1", "max_steps=4"]
-    )
-    assert again["resumed_from_step"] == 4 and again["steps"] == 4
+    again = run_gan(demo_version, out, [*SMALL, "epochs=1", "max_steps=4"])
+    assert again.resumed_from_step == 4 and again.steps == 4
 
 
 def test_decorrelation_weight_zero_and_positive(demo_version: str, tmp_path: Path) -> None:
     runs = {}
     for dc in ("0", "1.0"):
         out = tmp_path / f"dc{dc}"
-        runs[dc] = train_gan.run(
-            demo_version, str(out), preset="tiny", overrides=[*SMALL, f"dc_weight={dc}"]
-        )
-        runs[dc]["metrics"] = _metrics(out / "metrics.jsonl")[1]["metrics"]
+        result = run_gan(demo_version, str(out), [*SMALL, f"dc_weight={dc}"])
+        logged = _metrics(out / "metrics.jsonl")[1]["metrics"]
+        runs[dc] = {"metrics": logged, "projection_msc": result.projection_msc}
     assert "loss_dc" not in runs["0"]["metrics"]
     assert runs["1.0"]["metrics"]["loss_dc"] > 0
     # Random 4x4 filters have a mean squared cosine near 1/16; the DC loss (eq. 7-8)
@@ -197,12 +193,12 @@ def test_resume_mid_epoch_is_bitwise_exact(
     with monkeypatch.context() as m:
         _stop_after_generator_steps(m, 11)  # dies in step 12 of 16; last checkpoint: step 9
         with pytest.raises(_PreemptedError):
-            train_gan.run(demo_version, str(out), preset="tiny", overrides=SMALL)
+            run_gan(demo_version, str(out), SMALL)
     state = load_artifact(out / "checkpoint.pt")
     assert (state["step"], state["epoch"], state["samples_consumed"]) == (9, 1, [8])
     assert not (out / "generator.pt").exists()
-    summary = train_gan.run(demo_version, str(out), preset="tiny", overrides=SMALL)
-    assert summary["resumed_from_step"] == 9 and summary["steps"] == 16
+    summary = run_gan(demo_version, str(out), SMALL)
+    assert summary.resumed_from_step == 9 and summary.steps == 16
     _assert_same_final_state(gan_run["out"], out)
     # The resumed run's metrics log continues the interrupted one's (step 10 once).
     steps = [m["step"] for m in _metrics(out / "metrics.jsonl")]
@@ -216,7 +212,7 @@ def test_resume_between_the_two_checkpoints_of_an_epoch_end(
     epoch end. A crash between the two must resume into an empty rest-of-epoch cleanly."""
     out = tmp_path / "gan"
     overrides = [*SMALL, "checkpoint_every=4"]
-    original = training_loop._save
+    original = ResumableLoop.save
     calls = [0]
 
     def crash_on_third_save(*args: Any, **kwargs: Any) -> None:
@@ -226,13 +222,13 @@ def test_resume_between_the_two_checkpoints_of_an_epoch_end(
         original(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(training_loop, "_save", crash_on_third_save)
+        m.setattr(ResumableLoop, "save", crash_on_third_save)
         with pytest.raises(_PreemptedError):
-            train_gan.run(demo_version, str(out), preset="tiny", overrides=overrides)
+            run_gan(demo_version, str(out), overrides)
     state = load_artifact(out / "checkpoint.pt")
     assert (state["step"], state["epoch"], state["samples_consumed"]) == (8, 0, [64])
-    summary = train_gan.run(demo_version, str(out), preset="tiny", overrides=overrides)
-    assert summary["resumed_from_step"] == 8 and summary["steps"] == 16
+    summary = run_gan(demo_version, str(out), overrides)
+    assert summary.resumed_from_step == 8 and summary.steps == 16
     # Checkpoint frequency never changes the math: same weights as the reference run.
     _assert_same_final_state(gan_run["out"], out)
 
@@ -286,6 +282,6 @@ def test_nan_loss_stops_with_exit_3_and_exports_nothing(
 def test_diverging_lr_stops_at_the_first_bad_step(demo_version: str, tmp_path: Path) -> None:
     out = tmp_path / "gan"
     with pytest.raises(NonFiniteLossError, match=r"step 1: loss_d=.*loss_g=nan") as info:
-        train_gan.run(demo_version, str(out), preset="tiny", overrides=[*SMALL, "lr=1e30"])
+        run_gan(demo_version, str(out), [*SMALL, "lr=1e30"])
     assert "lower train_gan.lr" in str(info.value)
     assert not (out / "generator.pt").exists() and not (out / "checkpoint.pt").exists()

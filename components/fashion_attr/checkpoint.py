@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from fashion_attr import storage
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "CorruptArtifactError",
     "UnsafeArtifactError",
     "capture_rng",
     "check_world_size",
@@ -39,6 +41,10 @@ class UnsafeArtifactError(RuntimeError):
     """A file holds more than tensors and plain containers (refused by weights_only)."""
 
 
+class CorruptArtifactError(ValueError):
+    """A file is truncated or not a torch archive at all (a killed copy, a wrong file)."""
+
+
 def save_artifact(uri: str | os.PathLike[str], obj: dict[str, Any]) -> None:
     """Serialise ``obj`` (tensors, numbers, strings, lists, dicts) atomically to ``uri``."""
     buffer = io.BytesIO()
@@ -51,12 +57,24 @@ def load_artifact(uri: str | os.PathLike[str], map_location: str | torch.device 
 
     Raises:
         FileNotFoundError: if ``uri`` does not exist.
+        CorruptArtifactError: if the file is truncated or not a torch archive.
         UnsafeArtifactError: if the file holds objects that weights_only refuses.
     """
     data = storage.read_bytes(uri)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise CorruptArtifactError(
+            f"{uri}: the file is truncated or corrupt ({len(data)} bytes; torch.load said: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Fix: restore "
+            "it from a good copy, or write it again (rerun the step that produced it)"
+        ) from None
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # e.g. "invalid load key": not a torch file
+            raise CorruptArtifactError(
+                f"{uri}: not a torch file ({len(data)} bytes; {str(exc).splitlines()[0]}). "
+                "Fix: pass a file written by this pipeline"
+            ) from None
         raise UnsafeArtifactError(
             f"{uri}: refused to load: it holds objects other than tensors and plain containers "
             f"(torch.load weights_only=True said: {str(exc).splitlines()[0]}). Fix: only load "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
@@ -377,13 +376,15 @@ def load_config(
         data = _deep_merge(data, _section(_preset_data(preset), section))
         sources.append(f"preset {preset}")
     if config_file:
-        path = Path(config_file)
+        from fashion_attr import storage
+
+        path = str(config_file)
         try:
-            text = path.read_text()
+            text = storage.read_text(path)  # a local file or an s3:// object
             loaded = yaml.safe_load(text) or {}
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError) as exc:
             raise ConfigError(
-                f"config file {path} does not exist. Fix: pass the path of a YAML file"
+                f"config file {path} does not exist. Fix: pass the path or URI of a YAML file"
             ) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
@@ -391,7 +392,7 @@ def load_config(
             raise ConfigError(f"config file {path} must hold a mapping of fields")
         data = _deep_merge(data, _section(loaded, section))
         sources.append(str(path))
-        file_lines, file_name = _key_lines(text, section), str(path)
+        file_lines, file_name = _key_lines(text, section), path
     later: dict[str, Any] = {}
     if overrides:
         later = parse_overrides(overrides)

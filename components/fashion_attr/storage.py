@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 __all__ = [
     "StorageError",
     "atomic_local_write",
+    "check_access",
+    "copy",
     "delete",
     "download_file",
     "exists",
@@ -62,7 +64,16 @@ _PERMANENT = {
 
 
 class StorageError(RuntimeError):
-    """A storage operation failed in a way that retrying will not fix."""
+    """A storage operation failed; the message names the URI and the fix.
+
+    Attributes:
+        retryable: False for what no retry can fix (missing bucket, refused credentials:
+            a user error); True when the store could not be reached (it may come back).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def is_s3(uri: str | os.PathLike[str]) -> bool:
@@ -101,11 +112,15 @@ def _endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
 
 
-def s3_client() -> Any:
+def s3_client(attempts: int | None = None, timeout_s: float | None = None) -> Any:
     """A boto3 S3 client for the current environment (cached per endpoint and process).
 
+    Args:
+        attempts: total attempts per request (default ``FA_S3_MAX_ATTEMPTS`` or 10).
+        timeout_s: connect timeout (default 10 s; reads 60 s).
+
     Returns:
-        A ``botocore`` S3 client with adaptive retries (10 attempts) and timeouts.
+        A ``botocore`` S3 client with adaptive retries and timeouts.
     """
     import boto3
     from botocore.config import Config
@@ -115,17 +130,19 @@ def s3_client() -> Any:
         _endpoint_url(),
         os.environ.get("AWS_ACCESS_KEY_ID"),
         os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        attempts,
+        timeout_s,
     )
     with _client_lock:
         client = _clients.get(key)
         if client is None:
             config = Config(
                 retries={
-                    "max_attempts": int(os.environ.get("FA_S3_MAX_ATTEMPTS", "10")),
+                    "max_attempts": attempts or int(os.environ.get("FA_S3_MAX_ATTEMPTS", "10")),
                     "mode": "adaptive",
                 },
-                connect_timeout=10,
-                read_timeout=60,
+                connect_timeout=timeout_s or 10,
+                read_timeout=timeout_s or 60,
                 s3={"addressing_style": "path"} if _endpoint_url() else None,
             )
             session = boto3.session.Session()
@@ -142,7 +159,13 @@ def s3_client() -> Any:
 def _reraise(uri: str, exc: Exception) -> None:
     """Turn permanent boto errors into :class:`StorageError`; re-raise others as is."""
     from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError, NoCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
 
     if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):
         # boto3's upload_file wraps the ClientError (NoSuchBucket, InvalidAccessKeyId, ...)
@@ -151,6 +174,14 @@ def _reraise(uri: str, exc: Exception) -> None:
             _reraise(uri, exc.__context__)
         except ClientError:
             raise exc from None
+    if isinstance(exc, ConnectionError | EndpointConnectionError | ConnectTimeoutError):
+        endpoint = _endpoint_url() or "AWS S3 (no AWS_ENDPOINT_URL set)"
+        raise StorageError(
+            f"{uri}: cannot reach the S3 endpoint {endpoint} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}). Fix: check AWS_ENDPOINT_URL "
+            "(Kubernetes config map object-store-config) and that the object store is up",
+            retryable=True,
+        ) from exc
     if isinstance(exc, NoCredentialsError):
         raise StorageError(
             f"{uri}: no S3 credentials found. Fix: set AWS_ACCESS_KEY_ID and "
@@ -207,6 +238,17 @@ def atomic_local_write(
     return _AtomicWriter(Path(path))
 
 
+def _file_mode() -> int:
+    # What open() would give a new file under this process's umask (0644 under the usual 022);
+    # mkstemp alone would leave 0600, unreadable to the other users of a shared folder.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 class _AtomicWriter(contextlib.AbstractContextManager):
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -219,8 +261,7 @@ class _AtomicWriter(contextlib.AbstractContextManager):
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
         self.tmp = Path(tmp)
-        # mkstemp creates 0600; published files must be readable like any other (0644).
-        os.chmod(fd, 0o644)
+        os.chmod(fd, _FILE_MODE)
         self.fh = os.fdopen(fd, "wb")
         return self.fh
 
@@ -277,6 +318,51 @@ def exists(uri: str | os.PathLike[str]) -> bool:
     except Exception as exc:
         _reraise(uri, exc)
         raise
+
+
+def check_access(
+    uri: str | os.PathLike[str], *, write: bool = False, timeout_s: float = 5.0
+) -> None:
+    """Fail fast, in seconds, if ``uri`` cannot be read (or, with ``write``, written).
+
+    For S3 one request is made, without retries: an unreachable endpoint, refused
+    credentials or a missing bucket are reported at once. ``write`` puts and deletes a
+    small probe object under the prefix (a folder: creates it and a probe file).
+
+    Raises:
+        StorageError: naming the URI, the endpoint or the credentials, and the fix.
+        FileNotFoundError: a local path (or S3 prefix, for reads) that does not exist.
+    """
+    uri = str(uri)
+    if not is_s3(uri):
+        path = Path(uri)
+        if write:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                probe = path / f".fa-write-probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise StorageError(
+                    f"{uri}: cannot write there ({exc.strerror}). Fix: choose a writable folder"
+                ) from exc
+        elif not path.exists():
+            raise FileNotFoundError(f"{uri}: no such file or folder. Fix: check the path")
+        return
+    bucket, key = split_s3(uri)
+    client = s3_client(attempts=1, timeout_s=timeout_s)
+    try:
+        if write:
+            probe = f"{key.rstrip('/')}/.fa-write-probe-{os.getpid()}".lstrip("/")
+            client.put_object(Bucket=bucket, Key=probe, Body=b"")
+            client.delete_object(Bucket=bucket, Key=probe)
+            return
+        found = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    except Exception as exc:
+        _reraise(uri, exc)
+        raise
+    if not found.get("KeyCount"):
+        raise FileNotFoundError(f"{uri}: no such object or prefix. Fix: check the URI")
 
 
 def list_uris(prefix: str | os.PathLike[str]) -> list[str]:
@@ -338,6 +424,33 @@ def download_file(uri: str | os.PathLike[str], local_path: str | os.PathLike[str
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)
         _reraise(uri, exc)
+        raise
+
+
+def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy a file or object to ``dst`` within one store, atomically at the destination.
+
+    Local: a hard link when the file system allows it (no data copied), else a copy.
+    S3: a server-side copy (the bytes never pass through this process).
+    """
+    src, dst = str(src), str(dst)
+    if is_s3(src) != is_s3(dst):
+        raise StorageError(f"copy {src} -> {dst}: both must be local or both s3://")
+    if not is_s3(src):
+        target = Path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+        return
+    (sb, sk), (db, dk) = split_s3(src), split_s3(dst)
+    try:
+        s3_client().copy({"Bucket": sb, "Key": sk}, db, dk)  # multipart above 8 MB
+    except Exception as exc:
+        _reraise(src, exc)
         raise
 
 

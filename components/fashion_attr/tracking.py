@@ -6,7 +6,8 @@ also logs to MLflow: one parent run per pipeline run (found or created by the
 tag ``fashion_attr.pipeline_run``), the step as a nested run with its params,
 per-epoch metrics and artifacts. Credentials for MLflow come from the
 environment (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``) and are
-never logged: :func:`redact_params` drops anything that looks like a secret.
+never logged: :func:`fashion_attr.credentials.redact_params` drops anything that looks
+like a secret.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Tracker", "flatten", "redact_params"]
+from fashion_attr.credentials import adopt_uri_credentials, redact_params
 
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key)", re.I)
+__all__ = ["PIPELINE_RUN_TAG", "Tracker", "flatten", "pipeline_parent_run"]
+
 PIPELINE_RUN_TAG = "fashion_attr.pipeline_run"
+ROLE_TAG = "fashion_attr.role"
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,17 +40,36 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop keys that name secrets and values that embed credentials (``user:pw@host``)."""
-    out = {}
-    for key, value in params.items():
-        if _SECRET_KEY.search(key):
-            continue
-        text = str(value)
-        if re.search(r"://[^/\s:@]+:[^/\s@]+@", text):
-            text = re.sub(r"://[^/\s:@]+:[^/\s@]+@", "://***@", text)
-        out[key] = text
-    return out
+def pipeline_parent_run(client: Any, experiment_id: str, pipeline_run: str) -> str:
+    """The MLflow run that groups one pipeline run's steps, found by tag or created.
+
+    Every step of a pipeline run (the trainers' :class:`Tracker`, ``register``) nests its
+    own run under this one, tagged ``fashion_attr.pipeline_run = <id>`` and
+    ``fashion_attr.role = pipeline``.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        experiment_id: the experiment the runs live in.
+        pipeline_run: the pipeline run id (KFP run id).
+
+    Returns:
+        The parent run's id.
+    """
+    quoted = pipeline_run.replace("'", "\\'")
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{quoted}' and tags.`{ROLE_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"pipeline-{pipeline_run}",
+        tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline"},
+    )
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
 
 
 def _mlflow_name(key: str) -> str:
@@ -87,30 +108,16 @@ class Tracker:
     def _start_mlflow(self) -> None:
         import mlflow
 
-        from fashion_attr.registry.mlflow_registry import adopt_uri_credentials
-
         # user:password@ in MLFLOW_TRACKING_URI would be printed in MLflow's run links:
         # move it into MLFLOW_TRACKING_USERNAME/PASSWORD first.
         adopt_uri_credentials()
         self._mlflow = mlflow
-        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "fashion-attr")
-        mlflow.set_experiment(experiment)
+        experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "fashion-attr"))
         parent_id = None
         if self.pipeline_run:
-            found = mlflow.search_runs(
-                filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{self.pipeline_run}' "
-                "and tags.`fashion_attr.role` = 'pipeline'",
-                output_format="list",
-                max_results=1,
+            parent_id = pipeline_parent_run(
+                mlflow.MlflowClient(), experiment.experiment_id, self.pipeline_run
             )
-            if found:
-                parent_id = found[0].info.run_id
-            else:
-                with mlflow.start_run(
-                    run_name=f"pipeline-{self.pipeline_run}",
-                    tags={PIPELINE_RUN_TAG: self.pipeline_run, "fashion_attr.role": "pipeline"},
-                ) as parent:
-                    parent_id = parent.info.run_id
         if parent_id:
             mlflow.start_run(run_id=parent_id)
             self._run = mlflow.start_run(

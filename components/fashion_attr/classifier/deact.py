@@ -1,6 +1,6 @@
 """Deact: the loss object that owns the frozen, perturbed generator (method.md section 3).
 
-The formulas (eq. 5, 6, 10) live in :mod:`fashion_attr.losses.deact` and the
+The formulas (eq. 5, 6, 10) live in :mod:`fashion_attr.losses.deactivation` and the
 hard-label memory in :mod:`fashion_attr.hardness`; this module ties them to
 the frozen MR-GAN generator, as DeiT's distillation loss owns its teacher:
 
@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fashion_attr.config import ClassifierConfig
+from fashion_attr.data.info import DatasetInfo
+from fashion_attr.gan.export import load_generator
 from fashion_attr.gan.networks import MRGenerator, make_condition
-from fashion_attr.hardness import HardLabelMemory
+from fashion_attr.hardness import HardLabelMemory, default_positives_per_image
 from fashion_attr.losses import synthetic_complementary_loss
 
-__all__ = ["DeactLoss", "SyntheticBatch"]
+__all__ = ["DeactLoss", "SyntheticBatch", "deact_from_generator", "make_deact"]
 
 
 class SyntheticBatch:
@@ -136,3 +139,117 @@ class DeactLoss:
     def modules(self) -> list[nn.Module]:
         """Modules owned by this loss (kept out of DDP and of the classifier checkpoint)."""
         return [self.generator]
+
+
+def make_deact(
+    cfg: ClassifierConfig,
+    info: DatasetInfo,
+    generator: MRGenerator,
+    device: torch.device,
+    *,
+    in_channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    rank: int = 0,
+    channels_last: bool = False,
+) -> DeactLoss:
+    """The Deact loss of ``cfg.deact`` around a generator: its hard-label memory and L_SC.
+
+    ``train_classifier`` calls it with the loaded, frozen generator;
+    ``bench/throughput.py`` with a random one of the same size.
+
+    Args:
+        cfg: the classifier config (``deact``, ``image_size``, ``seed``).
+        info: the dataset's label layout and train counts.
+        generator: the MR-GAN generator (frozen by :class:`DeactLoss`).
+        device: where the memory lives.
+        in_channels: classifier input channels.
+        mean: classifier input normalisation mean.
+        std: classifier input normalisation std.
+        rank: DDP rank (seeds each rank's synthetic stream apart).
+        channels_last: emit channels_last synthetic images.
+
+    Returns:
+        The :class:`DeactLoss`.
+    """
+    ppi = cfg.deact.positives_per_image or default_positives_per_image(
+        int(info.train_pos_counts.sum()), max(info.num_train, 1)
+    )
+    memory = HardLabelMemory(
+        info.num_attributes,
+        info.num_categories,
+        momentum=cfg.deact.memory_momentum,
+        positives_per_image=min(max(ppi, 1), max(info.num_attributes, 1)),
+        device=device,
+    )
+    # Labels that never occur in the train split would keep their initial score
+    # forever and dominate the pmfs; the generator was never conditioned on them
+    # either. They start (and stay) at zero; all others start equal (method.md).
+    state = memory.state_dict()
+    if info.num_attributes:
+        state["attr_scores"][:, 1] *= (info.train_pos_counts > 0).to(device, torch.float32)
+    if info.num_categories:
+        state["cat_scores"] *= (info.train_category_counts > 0).to(device, torch.float32)
+    memory.load_state_dict(state)
+    return DeactLoss(
+        generator,
+        memory,
+        sigma_p=cfg.deact.sigma_p,
+        threshold=cfg.deact.threshold,
+        image_size=cfg.image_size,
+        mean=mean,
+        std=std,
+        in_channels=in_channels,
+        seed=cfg.seed * 7919 + rank,
+        channels_last=channels_last,
+        centered=cfg.deact.centered,
+    )
+
+
+def deact_from_generator(
+    cfg: ClassifierConfig,
+    info: DatasetInfo,
+    generator_uri: str | None,
+    device: torch.device,
+    in_channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    rank: int,
+    channels_last: bool,
+) -> DeactLoss | None:
+    """The Deact loss of ``cfg`` around the generator exported at ``generator_uri``.
+
+    Returns:
+        None when ``deact.enabled`` is false.
+
+    Raises:
+        ValueError: Deact is enabled without a generator, or the generator was trained
+            on another label layout than the dataset.
+    """
+    if not cfg.deact.enabled:
+        return None
+    if not generator_uri:
+        raise ValueError(
+            "train_classifier: deact.enabled is true but no generator was given. Fix: pass "
+            "--generator <train_gan output>/generator.pt, or set deact.enabled=false"
+        )
+    g, meta = load_generator(generator_uri, device)
+    if list(meta["category_names"]) != list(info.category_names) or list(
+        meta["attribute_names"]
+    ) != list(info.attribute_names):
+        raise ValueError(
+            f"generator {generator_uri} was trained on another label layout than dataset "
+            f"{info.version} (category/attribute names differ). Fix: train the generator on this "
+            "dataset version or pass a matching reuse_generator"
+        )
+    return make_deact(
+        cfg,
+        info,
+        g,
+        device,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        rank=rank,
+        channels_last=channels_last,
+    )

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+
+from fashion_attr import storage
 
 CATEGORY_CLOTH = "Anno/list_category_cloth.txt"
 CATEGORY_IMG = "Anno/list_category_img.txt"
@@ -243,28 +244,8 @@ def write_annotation_file(
             continue
         first = r[0].ljust(width) if align and len(r) > 1 else r[0]
         lines.append(" ".join([first, *r[1:]]))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    storage.write_text(path, "\n".join(lines) + "\n")  # atomic: no reader sees half a file
     return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    r"""Write text to ``path`` via a temporary file and rename, so no reader sees half a file.
-
-    Args:
-        path: Destination file; parent folders are created.
-        text: Content, written as UTF-8 with ``\n`` line endings.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name (not mkstemp, whose 0600 mode would ignore the umask).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- readers

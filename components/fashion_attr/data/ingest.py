@@ -93,6 +93,7 @@ from fashion_attr.data.shards import (
     sample_key,
     shard_name,
 )
+from fashion_attr.data.versions import version_uri as resolve_version_uri
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -925,12 +926,6 @@ def _find_line(uri: str, image: str) -> int | None:
 # --------------------------------------------------------------------------- incremental
 
 
-def _resolve_base(dest: str, base: str) -> str:
-    if "/" not in base and "\\" not in base and base.startswith("v-"):
-        return storage.join(dest, base)
-    return base.rstrip("/")
-
-
 def _check_same_labels(
     base: Manifest, categories: Sequence[Any], attributes: Sequence[Any], batch: str
 ) -> None:
@@ -972,7 +967,7 @@ def _run_incremental(
     seed: int,
     progress: bool,
 ) -> IngestResult:
-    base_uri = _resolve_base(dest, base)
+    base_uri = resolve_version_uri(dest, base)
     base_manifest = load_manifest(base_uri)
     base_settings = base_manifest.settings
     for name, value in (("image_size", image_size), ("jpeg_quality", jpeg_quality)):

@@ -8,7 +8,6 @@ PNG files.
 
 from fashion_attr.evaluation.metrics import (
     ALL_GROUP,
-    DEFAULT_GROUP_NAMES,
     TAIL_GROUP,
     AttributeMetrics,
     CategoryMetrics,
@@ -26,7 +25,6 @@ from fashion_attr.evaluation.report import (
 
 __all__ = [
     "ALL_GROUP",
-    "DEFAULT_GROUP_NAMES",
     "TAIL_GROUP",
     "AttributeMetrics",
     "CategoryMetrics",

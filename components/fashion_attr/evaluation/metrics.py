@@ -48,28 +48,41 @@ from typing import Any
 import numpy as np
 import torch
 
+from fashion_attr.data.annotations import ATTRIBUTE_GROUPS
+
 __all__ = [
     "ALL_GROUP",
-    "DEFAULT_GROUP_NAMES",
     "TAIL_GROUP",
     "AttributeMetrics",
     "CategoryMetrics",
     "average_precision",
+    "metric_names",
 ]
-
-#: DeepFashion-C attribute types (``list_attr_cloth.txt``, last field) and their names.
-DEFAULT_GROUP_NAMES: dict[int, str] = {
-    1: "texture",
-    2: "fabric",
-    3: "shape",
-    4: "part",
-    5: "style",
-}
 
 #: Name of the pseudo-group holding every attribute.
 ALL_GROUP = "all"
 #: Name of the pseudo-group holding the tail attributes.
 TAIL_GROUP = "tail"
+
+
+def metric_names(
+    ks: Sequence[int] = (3, 5), group_names: Mapping[int, str] | None = None
+) -> list[str]:
+    """Every metric name an evaluation with ``ks`` reports (gate metrics must be among them).
+
+    Args:
+        ks: the k values of top-k recall and accuracy.
+        group_names: attribute group names (default: DeepFashion-C's five).
+
+    Returns:
+        ``attr_recall@{k}/{set}``, ``cb_acc/{set}``, ``map/{set}`` for each group, ``all``
+        and ``tail``, then ``cat_top{k}_acc`` for k = 1 and each k.
+    """
+    sets = [*(group_names or ATTRIBUTE_GROUPS).values(), ALL_GROUP, TAIL_GROUP]
+    names = [f"attr_recall@{k}/{s}" for k in ks for s in sets]
+    names += [f"cb_acc/{s}" for s in sets] + [f"map/{s}" for s in sets]
+    return names + [f"cat_top{k}_acc" for k in dict.fromkeys((1, *ks))]
+
 
 # Largest number of stored scores processed at once when computing AP (about 120 MB of
 # temporaries): bounds memory on the full test split without a Python loop per attribute.
@@ -232,7 +245,7 @@ class AttributeMetrics:
         ap_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.group_names: dict[int, str] = dict(
-            DEFAULT_GROUP_NAMES if group_names is None else group_names
+            ATTRIBUTE_GROUPS if group_names is None else group_names
         )
         reserved = {ALL_GROUP, TAIL_GROUP}
         if reserved & set(self.group_names.values()):

@@ -24,20 +24,23 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fashion_attr.evaluation.metrics import ALL_GROUP, DEFAULT_GROUP_NAMES, TAIL_GROUP
+from fashion_attr import storage
+from fashion_attr.data.annotations import ATTRIBUTE_GROUPS
+from fashion_attr.evaluation.metrics import ALL_GROUP, TAIL_GROUP
 
 __all__ = [
     "markdown_report",
     "plot_confusion",
     "plot_group_recall",
     "plot_prob_vs_frequency",
+    "plots_html",
+    "read_metrics_json",
     "write_metrics_json",
     "write_per_attribute_csv",
     "write_report",
@@ -48,21 +51,9 @@ NA = "n/a"
 
 # ----------------------------------------------------------------------------- helpers
 def _atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically (:func:`fashion_attr.storage.write_bytes`)."""
+    storage.write_bytes(path, data)
+    return Path(path)
 
 
 def _atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -104,7 +95,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _group_list(group_names: Mapping[int, str] | None) -> list[str]:
-    names = DEFAULT_GROUP_NAMES if group_names is None else group_names
+    names = ATTRIBUTE_GROUPS if group_names is None else group_names
     return [names[g] for g in sorted(names)]
 
 
@@ -165,6 +156,39 @@ def write_metrics_json(
     doc = {"metrics": _jsonable(dict(metrics)), "extra": _jsonable(dict(extra or {}))}
     text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
     return _atomic_write_text(path, text)
+
+
+def read_metrics_json(uri: str | os.PathLike[str]) -> dict[str, float | None]:
+    """Read the flat ``metrics`` of a ``metrics.json`` (:func:`write_metrics_json`).
+
+    Local paths and ``s3://`` URIs both work. ``null`` stays None (a metric that could
+    not be computed, or was not finite).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not JSON, or no ``metrics`` object of numbers/nulls (names the URI).
+    """
+    try:
+        doc = json.loads(storage.read_text(uri))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{uri}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). Fix: "
+            "pass the metrics.json written by evaluate"
+        ) from None
+    metrics = doc.get("metrics") if isinstance(doc, dict) else None
+    if not isinstance(metrics, dict):
+        raise ValueError(
+            f"{uri}: field 'metrics' is missing or not an object. Fix: pass the metrics.json "
+            'written by evaluate ({"metrics": {"attr_recall@3/all": 0.5, ...}})'
+        )
+    out: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(
+                f"{uri}: metrics.{key} = {value!r} is not a number or null. Fix: re-run evaluate"
+            )
+        out[str(key)] = None if value is None else float(value)
+    return out
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -598,6 +622,19 @@ def plot_confusion(
     ax.set_ylabel("true category")
     ax.set_title("Category confusion (row-normalised)")
     return _save_figure(fig, path)
+
+
+def plots_html(pngs: Mapping[str, bytes], title: str = "Evaluation plots") -> str:
+    """One self-contained HTML page showing PNG images (``{name: png bytes}``), in order."""
+    import base64
+    import html
+
+    parts = [f"<html><body><h2>{html.escape(title)}</h2>"]
+    for name, data in pngs.items():
+        encoded = base64.b64encode(data).decode()
+        parts.append(f'<h3>{html.escape(name)}</h3><img src="data:image/png;base64,{encoded}"/>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- all files

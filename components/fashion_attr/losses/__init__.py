@@ -5,7 +5,7 @@ Homes of the paper's concepts:
 - :mod:`~fashion_attr.losses.habp`: HABP, the hardness-weighted average (eq. 1-4).
 - :mod:`~fashion_attr.losses.baselines`: CE, focal, weighted focal, OHEM,
   weighted CE-A/B (the paper's baselines) and ASL (a modern reference).
-- :mod:`~fashion_attr.losses.deact`: deactivation losses on synthetic
+- :mod:`~fashion_attr.losses.deactivation`: deactivation losses on synthetic
   complementary samples (eq. 5, 6) and their weighted average (eq. 10).
 - :mod:`~fashion_attr.losses.decorrelation`: MR-GAN's DC regulariser (eq. 7-8).
 
@@ -71,7 +71,7 @@ from fashion_attr.losses.baselines import (
     weighted_ce_loss,
     weighted_focal_loss,
 )
-from fashion_attr.losses.deact import (
+from fashion_attr.losses.deactivation import (
     DEFAULT_THRESHOLD,
     deact_binary_loss,
     deact_multiclass_loss,

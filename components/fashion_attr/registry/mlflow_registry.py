@@ -10,8 +10,7 @@
    with the metrics recorded on it. A different ``model.pt`` (sha256 tag) under the
    same pipeline run id is refused (``ValueError``).
 3. Otherwise open the step's MLflow run (nested under the pipeline's parent run,
-   found by the tag ``fashion_attr.pipeline_run`` and ``fashion_attr.role =
-   pipeline``, the convention of :class:`fashion_attr.tracking.Tracker`), log the
+   :func:`fashion_attr.tracking.pipeline_parent_run`, shared with the trainers' tracker), log the
    resolved config, the metrics and the reports, log the pyfunc model and register
    it as a new version created WITH its tags (pipeline run, model sha256, dataset
    and code version, every finite metric as ``metric.<name>``), so a crash cannot
@@ -31,7 +30,7 @@ against the champion they read; the later alias write wins.
 
 Credentials come from ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``
 (or a token) in the environment, read by MLflow's client; nothing here logs the
-environment, and parameters pass through :func:`fashion_attr.tracking.redact_params`.
+environment, and parameters pass through :func:`fashion_attr.credentials.redact_params`.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,8 @@ from mlflow.tracking import MlflowClient
 
 from fashion_attr import storage
 from fashion_attr.config import RegisterConfig, config_to_dict
+from fashion_attr.credentials import adopt_uri_credentials, redact_params, safe_uri
+from fashion_attr.evaluation.report import read_metrics_json
 from fashion_attr.registry.gate import (
     Decision,
     GateRow,
@@ -63,19 +64,16 @@ from fashion_attr.registry.gate import (
     render_markdown,
     validate_gated_metrics,
 )
-from fashion_attr.tracking import PIPELINE_RUN_TAG, flatten, redact_params
+from fashion_attr.tracking import PIPELINE_RUN_TAG, flatten, pipeline_parent_run
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
-    "RegisterResult",
+    "Registration",
     "RegistryAuthError",
     "RegistryError",
-    "adopt_uri_credentials",
-    "load_metrics",
     "metric_key",
     "register_and_gate",
-    "split_uri_credentials",
     "use_tracking_uri",
     "version_metrics",
 ]
@@ -105,7 +103,7 @@ class RegistryAuthError(ValueError):
 
 
 @dataclass(frozen=True)
-class RegisterResult:
+class Registration:
     """Outcome of :func:`register_and_gate`.
 
     Attributes:
@@ -138,36 +136,6 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^/\w.\- :]", "_", name.replace("@", "_at_"))
 
 
-def load_metrics(uri: str) -> dict[str, float | None]:
-    """Read ``evaluate``'s ``metrics.json`` and return its flat ``metrics`` mapping.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: not JSON, or no ``metrics`` object of numbers/nulls.
-    """
-    try:
-        doc = json.loads(storage.read_text(uri))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{uri}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). Fix: "
-            "pass the metrics.json written by evaluate"
-        ) from None
-    metrics = doc.get("metrics") if isinstance(doc, dict) else None
-    if not isinstance(metrics, dict):
-        raise ValueError(
-            f"{uri}: field 'metrics' is missing or not an object. Fix: pass the metrics.json "
-            'written by evaluate ({"metrics": {"attr_recall@3/all": 0.5, ...}})'
-        )
-    out: dict[str, float | None] = {}
-    for key, value in metrics.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ValueError(
-                f"{uri}: metrics.{key} = {value!r} is not a number or null. Fix: re-run evaluate"
-            )
-        out[str(key)] = None if value is None else float(value)
-    return out
-
-
 def version_metrics(mv: ModelVersion, names: Sequence[str]) -> dict[str, float | None]:
     """Read metrics ``names`` back from a version's ``metric.*`` tags (None when absent)."""
     tags = mv.tags or {}
@@ -183,7 +151,7 @@ def version_metrics(mv: ModelVersion, names: Sequence[str]) -> dict[str, float |
 
 def _check_model_file(path: str, source: str) -> dict[str, Any]:
     from fashion_attr.checkpoint import load_artifact
-    from fashion_attr.registry.pyfunc import MODEL_FORMAT
+    from fashion_attr.classifier.export import check_model_blob
 
     try:
         blob = load_artifact(path, map_location="cpu")
@@ -194,64 +162,7 @@ def _check_model_file(path: str, source: str) -> dict[str, Any]:
             f"{source}: cannot be read as a classifier artifact ({str(exc).splitlines()[0]}). "
             "Fix: pass the model.pt written by train_classifier"
         ) from None
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        raise ValueError(
-            f"{source} is not a classifier artifact ({MODEL_FORMAT}). Fix: pass the model.pt "
-            "written by train_classifier"
-        )
-    return {k: v for k, v in blob.items() if k != "state_dict"}
-
-
-_USERINFO = re.compile(
-    r"^(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@:\s]*)(?::(?P<pw>[^/@\s]*))?@"
-)
-
-
-def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """Split ``scheme://user:password@host/...`` into the bare URI, user and password.
-
-    Returns:
-        ``(uri without credentials, user or None, password or None)``, both
-        URL-unquoted; a URI without credentials comes back unchanged.
-    """
-    from urllib.parse import unquote
-
-    m = _USERINFO.match(uri or "")
-    if m is None:
-        return uri, None, None
-    user, pw = m.group("user"), m.group("pw")
-    return (
-        m.group("scheme") + uri[m.end() :],
-        unquote(user) if user else None,
-        unquote(pw) if pw is not None else None,
-    )
-
-
-def adopt_uri_credentials(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Move credentials out of ``MLFLOW_TRACKING_URI`` into the username/password variables.
-
-    MLflow prints the tracking URI as given (``View run ... at: <uri>/#/...``) when a
-    run ends, so ``http://user:password@host`` would put the password into every step's
-    log. Credentials already in ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``
-    take precedence (as they do in MLflow's HTTP client); the URI loses its credentials
-    either way. Only the ``user:password@`` form (MLflow's basic auth) is handled.
-
-    Args:
-        environ: The variables to edit (default: ``os.environ``).
-
-    Returns:
-        Whether the URI held credentials (and was rewritten).
-    """
-    env = os.environ if environ is None else environ
-    clean, user, pw = split_uri_credentials(env.get("MLFLOW_TRACKING_URI", ""))
-    if user is None or pw is None:
-        return False
-    env["MLFLOW_TRACKING_URI"] = clean
-    if not env.get("MLFLOW_TRACKING_USERNAME"):
-        env["MLFLOW_TRACKING_USERNAME"] = user
-    if not env.get("MLFLOW_TRACKING_PASSWORD"):
-        env["MLFLOW_TRACKING_PASSWORD"] = pw
-    return True
+    return {k: v for k, v in check_model_blob(blob, source).items() if k != "state_dict"}
 
 
 @contextlib.contextmanager
@@ -295,7 +206,7 @@ def _mlflow_errors(where: str) -> Iterator[None]:
         yield
     except MlflowException as exc:
         text = str(exc)
-        uri = _safe_uri(mlflow.get_tracking_uri())
+        uri = safe_uri(mlflow.get_tracking_uri())
         if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(
             r"\b(401|403)\b", text
         ):
@@ -318,10 +229,6 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _safe_uri(uri: str) -> str:
-    return re.sub(r"://[^/\s:@]+:[^/\s@]+@", "://***@", str(uri))
 
 
 def _find_version(client: MlflowClient, name: str, pipeline_run_id: str) -> ModelVersion | None:
@@ -372,25 +279,6 @@ def _experiment_id(client: MlflowClient) -> str:
         return exp.experiment_id
 
 
-def _parent_run_id(client: MlflowClient, experiment_id: str, pipeline_run_id: str) -> str:
-    quoted = pipeline_run_id.replace("'", "\\'")
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{quoted}' and tags.`fashion_attr.role` = "
-        "'pipeline'",
-        max_results=1,
-    )
-    if found:
-        return found[0].info.run_id
-    parent = client.create_run(
-        experiment_id,
-        run_name=f"pipeline-{pipeline_run_id}",
-        tags={PIPELINE_RUN_TAG: pipeline_run_id, "fashion_attr.role": "pipeline"},
-    )
-    client.set_terminated(parent.info.run_id)
-    return parent.info.run_id
-
-
 def _local_file(uri: str, workdir: Path) -> str:
     if not storage.is_s3(uri):
         if not Path(uri).is_file():
@@ -417,7 +305,7 @@ def _log_and_register(
     from fashion_attr.registry.pyfunc import log_pyfunc_model
 
     experiment_id = _experiment_id(client)
-    parent_id = _parent_run_id(client, experiment_id, pipeline_run_id)
+    parent_id = pipeline_parent_run(client, experiment_id, pipeline_run_id)
     run = client.create_run(
         experiment_id,
         run_name="register",
@@ -460,7 +348,7 @@ def register_and_gate(
     dataset_version: str | None = None,
     code_version: str | None = None,
     reports: Sequence[str] = (),
-) -> RegisterResult:
+) -> Registration:
     """Register ``model.pt`` as a new version (once per pipeline run) and gate its promotion.
 
     Args:
@@ -475,7 +363,7 @@ def register_and_gate(
         reports: files (local or ``s3://``) attached to the run under ``reports/``.
 
     Returns:
-        :class:`RegisterResult`.
+        :class:`Registration`.
 
     Raises:
         ValueError: bad metrics (missing/non-finite gated metric), a file that is not
@@ -491,7 +379,7 @@ def register_and_gate(
     if not pipeline_run_id:
         raise ValueError("register: --pipeline-run is empty. Fix: pass the KFP run id")
     # 1. Everything that can be wrong with the inputs fails here, before any MLflow write.
-    metrics = load_metrics(metrics_uri)
+    metrics = read_metrics_json(metrics_uri)
     validate_gated_metrics(metrics, cfg.gate_metrics, source=metrics_uri)
     with tempfile.TemporaryDirectory(prefix="fa-register-") as tmp:
         workdir = Path(tmp)
@@ -570,7 +458,7 @@ def _gate(
     cfg: RegisterConfig,
     run_id: str | None,
     reused: bool,
-) -> RegisterResult:
+) -> Registration:
     name, version = mv.name, str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     champion = _alias_version(client, name, CHAMPION)
@@ -579,7 +467,7 @@ def _gate(
         # A retry after this version was already promoted: keep what the first attempt
         # decided and recorded; nothing changes in the registry.
         decision = _stored_decision(client.get_model_version(name, version))
-        return RegisterResult(name, version, True, version, version, reused, run_id, decision)
+        return Registration(name, version, True, version, version, reused, run_id, decision)
 
     champ_metrics = version_metrics(champion, cfg.gate_metrics) if champion is not None else None
     decision = decide_promotion(
@@ -607,7 +495,7 @@ def _gate(
         client.log_dict(run_id, decision.to_dict(), "gate/decision.json")
     log.info("%s v%s: %s", name, version, decision.reason)
     champion_after = version if decision.promote else previous
-    return RegisterResult(
+    return Registration(
         name, version, decision.promote, champion_after, previous, reused, run_id, decision
     )
 

@@ -70,8 +70,10 @@ from mlflow.types.schema import (
 )
 from PIL import Image, UnidentifiedImageError
 
+from fashion_attr.classifier.export import MODEL_FORMAT, check_model_blob, model_from_blob
+from fashion_attr.data.annotations import ATTRIBUTE_GROUPS
+
 __all__ = [
-    "GROUP_NAMES",
     "MAX_IMAGE_PIXELS",
     "MODEL_ARTIFACT",
     "MODEL_FORMAT",
@@ -82,26 +84,11 @@ __all__ = [
     "pip_requirements",
 ]
 
-# Must equal fashion_attr.classifier.engine.MODEL_FORMAT (tests check it); repeated here so
-# that the serving process does not import the training engine and its dependencies.
-MODEL_FORMAT = "fashion_attr.classifier/v1"
 MODEL_ARTIFACT = "model"
-GROUP_NAMES: dict[int, str] = {1: "texture", 2: "fabric", 3: "shape", 4: "part", 5: "style"}
 # Same guard as fashion_attr.data.ingest.MAX_IMAGE_PIXELS: refuse decompression bombs.
 MAX_IMAGE_PIXELS = 50_000_000
 _BATCH = 64
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.I)
-_REQUIRED_KEYS = (
-    "arch",
-    "num_attributes",
-    "num_categories",
-    "in_channels",
-    "state_dict",
-    "category_names",
-    "attribute_names",
-    "attribute_groups",
-    "preprocessing",
-)
 
 # The models-from-code entry file logged with every model (MLflow executes it at load time).
 _ENTRY_CODE = '''"""MLflow models-from-code entry of the fashion_attr classifier (generated)."""
@@ -122,7 +109,7 @@ _PINNED = ("torch", "torchvision", "pillow", "numpy", "pandas", "mlflow", "pyyam
 
 def group_name(group: int) -> str:
     """Readable name of attribute group ``group`` (``"group<g>"`` outside 1..5)."""
-    return GROUP_NAMES.get(int(group), f"group{int(group)}")
+    return ATTRIBUTE_GROUPS.get(int(group), f"group{int(group)}")
 
 
 class ImagePredictor:
@@ -149,34 +136,14 @@ class ImagePredictor:
         device: str = "auto",
         source: str = "model.pt",
     ) -> None:
-        from fashion_attr.classifier.model import build_classifier
-
-        if not isinstance(blob, Mapping) or blob.get("format") != MODEL_FORMAT:
-            raise ValueError(
-                f"{source} is not a classifier artifact ({MODEL_FORMAT}). Fix: pass the "
-                "model.pt written by train_classifier"
-            )
-        missing = [k for k in _REQUIRED_KEYS if k not in blob]
-        if missing:
-            raise ValueError(
-                f"{source}: classifier artifact lacks field(s) {missing}. Fix: re-export the "
-                "model with this version of train_classifier"
-            )
+        check_model_blob(blob, source)
         _check_threshold_k(threshold, top_k, source="model config")
         self.threshold = float(threshold)
         self.top_k = int(top_k)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = build_classifier(
-            blob["arch"],
-            int(blob["num_attributes"]),
-            int(blob["num_categories"]),
-            in_channels=int(blob["in_channels"]),
-            pretrained=None,
-        )
-        self.model.load_state_dict(blob["state_dict"])
-        self.model.to(self.device).eval()
+        self.model = model_from_blob(blob).to(self.device)
         pre = blob["preprocessing"]
         self.image_size = int(pre["image_size"])
         self.channels = int(pre["channels"])

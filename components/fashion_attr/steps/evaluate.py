@@ -1,71 +1,103 @@
-"""Step 4a: evaluate the exported classifier on the test split and write the reports.
+r"""Step 4a: evaluate the exported classifier on the test split and write the reports.
 
 Usage::
 
-    python -m fashion_attr.steps.evaluate --model <train_classifier out>/model.pt \
+    python -m fashion_attr.steps.evaluate --model <model.pt from train_classifier> \
         --data <dataset version URI> --out <URI> [--compare-to <other metrics.json>] \
         [--preset ...] [--config ...] [--set key=value ...]
 
 Writes to ``--out``: ``metrics.json`` (every metric of method.md section 6, per
 group, overall and on tail attributes), ``report.md`` (the paper's Table 1 and
 Table 2 layouts), ``per_attribute.csv``, ``prob_vs_frequency.png`` (paper
-Fig. 2), ``group_recall.png`` and ``confusion.png``.
+Fig. 2), ``group_recall.png`` and ``confusion.png``, then ``result.json`` (the
+:class:`EvaluateResult`, also printed as one line of JSON).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from fashion_attr import storage
 from fashion_attr.config import EvaluateConfig, config_to_dict, load_config
-from fashion_attr.steps.common import add_config_args, run_cli, scrub_tracking_uri
+from fashion_attr.steps.contract import StepResult, add_config_args, run_cli, step_parser
 
-__all__ = ["main", "read_metrics", "run"]
+__all__ = ["EvaluateResult", "main", "run"]
+
+PLOTS = ("group_recall.png", "prob_vs_frequency.png", "confusion.png")
 
 
-def read_metrics(uri: str) -> dict[str, float | None]:
-    """Read the flat metrics of a ``metrics.json`` written by this step.
+class EvaluateResult(StepResult):
+    """What ``evaluate`` produced.
 
-    Raises:
-        ValueError: if the file is not a metrics file (names the URI).
+    Attributes:
+        metrics_uri: ``metrics.json`` (flat metrics plus the run's details).
+        report: ``report.md``.
+        per_attribute: ``per_attribute.csv``.
+        plots: the PNG plots.
+        files: every file written, ``metrics.json`` last.
+        metrics: the finite metrics (what the gate and the KFP Metrics artifact read).
+        images: images scored.
+        split: the split scored.
+        dataset_version: the dataset version scored.
+        tail_attributes: attributes with fewer train positives than the tail threshold.
+        model: the model that was evaluated.
     """
-    try:
-        data = json.loads(storage.read_text(uri))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{uri} is not valid JSON ({exc}). Fix: pass a metrics.json") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-        raise ValueError(f"{uri} has no 'metrics' mapping. Fix: pass evaluate's metrics.json")
-    return data["metrics"]
+
+    step = "evaluate"
+
+    metrics_uri: str
+    report: str
+    per_attribute: str
+    plots: list[str]
+    files: list[str]
+    metrics: dict[str, float]
+    images: int
+    split: str
+    dataset_version: str
+    tail_attributes: int
+    model: str
 
 
 def run(
+    cfg: EvaluateConfig,
     model: str,
     data: str,
     out: str,
     *,
-    preset: str | None = None,
-    config_file: str | None = None,
-    overrides: Sequence[str] = (),
     cache_dir: str | None = None,
     compare_to: str | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``model`` on the configured split of ``data``; write reports to ``out``."""
-    from fashion_attr.classifier.engine import load_exported_model, predict_split
+) -> EvaluateResult:
+    """Evaluate ``model`` on the configured split of ``data``; write reports to ``out``.
+
+    Args:
+        cfg: the resolved :class:`EvaluateConfig`.
+        model: ``model.pt`` from ``train_classifier``.
+        data: the dataset version URI.
+        out: the output URI.
+        cache_dir: local shard cache.
+        compare_to: another model's ``metrics.json``, shown side by side in the report.
+
+    Returns:
+        The :class:`EvaluateResult` (also written to ``<out>/result.json``).
+
+    Raises:
+        ValueError: the model was trained on another label layout, the split is empty,
+            or a file is not what it should be (names it and the fix).
+    """
+    from fashion_attr.classifier.export import load_exported_model
+    from fashion_attr.classifier.inference import predict_split
     from fashion_attr.data.info import DatasetInfo
     from fashion_attr.data.loader import make_loader
     from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
-    from fashion_attr.evaluation.report import write_report
+    from fashion_attr.evaluation.report import read_metrics_json, write_report
     from fashion_attr.runtime import resolve_device, use_bf16
+    from fashion_attr.steps.contract import scrub_tracking_uri
     from fashion_attr.tracking import Tracker
 
-    cfg = load_config(EvaluateConfig, preset=preset, config_file=config_file, overrides=overrides)
-    comparison = read_metrics(compare_to) if compare_to else None
+    comparison = read_metrics_json(compare_to) if compare_to else None
     device = resolve_device(cfg.device)
     info = DatasetInfo.load(data)
     net, meta = load_exported_model(model, device)
@@ -114,7 +146,7 @@ def run(
         bf16=use_bf16("auto", device),
     )
     metrics: dict[str, float] = {}
-    per_attribute: list[dict[str, Any]] = []
+    per_attribute: list[dict] = []
     if attr_m is not None:
         metrics.update(attr_m.compute())
         per_attribute = attr_m.per_attribute()
@@ -122,12 +154,13 @@ def run(
     if cat_m is not None:
         metrics.update(cat_m.compute())
         confusion = cat_m.confusion_matrix()
+    tail = attr_m.num_tail_attributes if attr_m is not None else 0
     extra = {
         "model": model,
         "dataset_version": info.version,
         "split": cfg.split,
         "images": n,
-        "tail_attributes": attr_m.num_tail_attributes if attr_m is not None else 0,
+        "tail_attributes": tail,
         "config": config_to_dict(cfg),
         "train_step": meta.get("step"),
     }
@@ -147,51 +180,60 @@ def run(
         ks=cfg.ks,
         tail_threshold=cfg.tail_threshold,
     )
-    scrub_tracking_uri()  # also when called in-process (the KFP component), not via main()
+    scrub_tracking_uri()  # also when called in-process (the KFP adapter), not via main()
     tracker = Tracker(None, "evaluate")
     tracker.set_tags({"dataset_version": info.version})
     tracker.log_metrics({k: v for k, v in metrics.items() if v is not None})
+    uris = {p.name: storage.join(out, p.name) for p in paths}
     for p in paths:
         # metrics.json goes last: a reader that sees it sees the whole report.
         if p.name != "metrics.json":
-            storage.upload_file(p, storage.join(out, p.name))
+            storage.upload_file(p, uris[p.name])
             tracker.log_artifact(p, "evaluation")
-    storage.upload_file(workdir / "metrics.json", storage.join(out, "metrics.json"))
+    storage.upload_file(workdir / "metrics.json", uris["metrics.json"])
     tracker.close()
-    finite = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
-    return {
-        "metrics_uri": storage.join(out, "metrics.json"),
-        "images": n,
-        "metrics": finite,
-        "files": [storage.join(out, p.name) for p in paths],
-    }
+    result = EvaluateResult(
+        metrics_uri=uris["metrics.json"],
+        report=uris["report.md"],
+        per_attribute=uris["per_attribute.csv"],
+        plots=[uris[name] for name in PLOTS if name in uris],
+        files=[*(u for name, u in uris.items() if name != "metrics.json"), uris["metrics.json"]],
+        metrics={k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)},
+        images=n,
+        split=cfg.split,
+        dataset_version=info.version,
+        tail_attributes=tail,
+        model=model,
+    )
+    result.write(out)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fashion_attr.steps.evaluate", description=__doc__
-    )
-    parser.add_argument("--model", required=True, help="model.pt from train_classifier.")
-    parser.add_argument("--data", required=True, help="Dataset version URI.")
-    parser.add_argument("--out", required=True, help="Output URI for the reports.")
-    parser.add_argument("--compare-to", default=None, help="Another model's metrics.json.")
-    parser.add_argument("--cache-dir", default=None, help="Local shard cache.")
+    """Run the step from the command line (exit codes: :mod:`fashion_attr.steps.contract`)."""
+    parser = step_parser("evaluate", __doc__)
+    parser.add_argument("--model", required=True, help="model.pt from train_classifier")
+    parser.add_argument("--data", required=True, help="dataset version URI")
+    parser.add_argument("--out", required=True, help="output URI for the reports")
+    parser.add_argument("--compare-to", default=None, help="another model's metrics.json")
+    parser.add_argument("--cache-dir", default=None, help="local shard cache")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    return run_cli(
-        "evaluate",
-        lambda: run(
+
+    def body() -> EvaluateResult:
+        cfg = load_config(
+            EvaluateConfig, preset=args.preset, config_file=args.config, overrides=args.overrides
+        )
+        return run(
+            cfg,
             args.model,
             args.data,
             args.out,
-            preset=args.preset,
-            config_file=args.config,
-            overrides=args.overrides,
             cache_dir=args.cache_dir,
             compare_to=args.compare_to,
-        ),
-    )
+        )
+
+    return run_cli("evaluate", body)
 
 
 if __name__ == "__main__":

@@ -1,128 +1,227 @@
-r"""Pipeline step 1: ingest DeepFashion-C (or a catalog batch) into a versioned shard set.
+r"""Step 1: ingest DeepFashion-C (or new catalog batches) into a versioned shard set.
 
 Usage::
 
-    # full ingest of a local folder or an S3 prefix
-    python -m fashion_attr.steps.preprocess --source /data/DeepFashion-C --dest s3://bucket/shards
+    # full ingest of a local folder or an S3 prefix (demo://?images=N&seed=S: the demo)
+    python -m fashion_attr.steps.preprocess --source /data/DeepFashion-C --dest s3://bucket/datasets
 
     # split over machines, then merge
     python -m fashion_attr.steps.preprocess --source ... --dest ... --part 0 --parts 4
     python -m fashion_attr.steps.preprocess --source ... --dest ... --merge --parts 4
 
-    # incremental: a new version = base + new images of a batch (folder or .jsonl)
-    python -m fashion_attr.steps.preprocess --dest s3://bucket/shards --base v-0123456789abcdef \
+    # incremental: a new version = base + the new images of a batch (folder or .jsonl)
+    python -m fashion_attr.steps.preprocess --dest s3://bucket/datasets --base v-0123456789abcdef \
         --batch s3://bucket/incoming/2024-06.jsonl
+
+    # what the scheduled pipeline does: fold every pending batch of a catalog drop into the
+    # latest version (the first run ingests --source first)
+    python -m fashion_attr.steps.preprocess --dest s3://bucket/datasets --base latest \
+        --batch-dir s3://bucket/catalog/ --source s3://bucket/deepfashion-c
 
 Settings come from :class:`fashion_attr.config.PreprocessConfig` (defaults <
 ``--preset`` < ``--config`` < ``--set`` < the explicit flags below). An
 incremental run takes ``image_size`` and ``jpeg_quality`` from its base
 version unless they are set explicitly (and then they must match it).
 
-On success the step prints one line of JSON on stdout (version, uri, status,
-counts) and exits 0. Bad input (annotation errors, which name file and line;
-bad arguments; a missing or invalid base manifest; missing parts) prints the
-message on stderr and exits 2 with nothing published. See
-:mod:`fashion_attr.data.ingest` for what a run does and
-:mod:`fashion_attr.data.shards` for the output format.
+Every run that publishes or resolves a version points ``<dest>/LATEST`` at it
+(:mod:`fashion_attr.data.versions`); a part run does not. On success the step
+prints its :class:`PreprocessResult` as one line of JSON and writes it to
+``<version>/result.json`` (part runs: nowhere; the merge publishes). Bad input
+(annotation errors, which name file and line; bad arguments; a missing or
+invalid base manifest; missing parts) prints the message on stderr and exits 2
+with nothing published. See :mod:`fashion_attr.data.ingest` for what an ingest
+does and :mod:`fashion_attr.data.shards` for the output format.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from fashion_attr.config import PreprocessConfig, load_config
-from fashion_attr.data.ingest import IngestResult, run_preprocess
-from fashion_attr.steps.common import add_config_args, run_cli
+from pydantic import Field
 
-__all__ = ["build_parser", "main", "run", "run_preprocess"]
+from fashion_attr import storage
+from fashion_attr.config import PreprocessConfig, load_config
+from fashion_attr.data import versions
+from fashion_attr.data.ingest import IngestError, IngestResult, run_preprocess
+from fashion_attr.data.sources import resolve_source
+from fashion_attr.steps.contract import StepResult, add_config_args, run_cli, step_parser
+
+__all__ = ["PreprocessResult", "main", "run"]
+
+
+class PreprocessResult(StepResult):
+    """What an ingest produced.
+
+    Attributes:
+        version: the dataset version id (``v-<16 hex>``); for a part run, the version the
+            part belongs to.
+        uri: the version folder (its ``manifest.json`` publishes it).
+        status: ``created``, ``exists`` (nothing to do), ``part-written`` or ``part-exists``.
+        part: the part a part run wrote, else None.
+        counts: images per split in the version.
+        skipped: images skipped (missing, undecodable, duplicate) by the publishing ingest.
+        shards: shards in the version.
+        base: the version an incremental run started from, else None.
+        batches: catalog batches folded in by this run, oldest first (each gives a version).
+        chain: the versions this run published, oldest first (the last is ``version``).
+        latest: the ``LATEST`` pointer this run moved, else None.
+        created: this run published (or, for a part, wrote) something.
+    """
+
+    step = "preprocess"
+
+    version: str
+    uri: str
+    status: str
+    part: int | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+    skipped: int = 0
+    shards: int = 0
+    base: str | None = None
+    batches: list[str] = Field(default_factory=list)
+    chain: list[str] = Field(default_factory=list)
+    latest: str | None = None
+    created: bool = False
+
+
+def _settings(cfg: PreprocessConfig, *, incremental: bool) -> dict[str, Any]:
+    explicit = cfg.model_fields_set
+    return {
+        # An incremental version inherits its base's image format unless one is asked for.
+        "image_size": cfg.image_size if not incremental or "image_size" in explicit else None,
+        "jpeg_quality": (
+            cfg.jpeg_quality if not incremental or "jpeg_quality" in explicit else None
+        ),
+        "shard_max_samples": cfg.shard_max_samples,
+        "shard_max_bytes": cfg.shard_max_bytes,
+        "workers": cfg.workers,
+        "seed": cfg.seed,
+    }
+
+
+def _result(ingest: IngestResult, **extra: Any) -> PreprocessResult:
+    manifest = ingest.manifest
+    summary = ingest.summary()
+    return PreprocessResult(
+        version=ingest.version,
+        uri=ingest.uri,
+        status=summary["status"],
+        created=ingest.created,
+        part=ingest.part,
+        counts=dict(manifest.counts) if manifest else {},
+        skipped=len(manifest.skipped) if manifest else 0,
+        shards=sum(len(v) for v in manifest.shards.values()) if manifest else 0,
+        **extra,
+    )
 
 
 def run(
-    source: str | None,
+    cfg: PreprocessConfig,
     dest: str,
     *,
-    preset: str | None = None,
-    config_file: str | None = None,
-    overrides: Sequence[str] = (),
-    settings: dict[str, Any] | None = None,
+    source: str | None = None,
+    base: str | None = None,
+    batch: str | None = None,
     part: int | None = None,
     parts: int | None = None,
     merge: bool = False,
-    base: str | None = None,
-    batch: str | None = None,
     progress: bool = True,
-) -> IngestResult:
-    """Resolve the configuration and run the ingest.
+) -> PreprocessResult:
+    """Ingest a source, one part of it, or fold catalog batches into a base version.
 
     Args:
-        source: DeepFashion-C root (``None`` for an incremental run).
-        dest: Where versions live.
-        preset: A shipped preset name.
-        config_file: A YAML config file.
-        overrides: ``key=value`` overrides of :class:`PreprocessConfig` fields.
-        settings: Explicit field values (highest precedence; ``None`` values ignored).
-        part: This run's part (with ``parts``).
-        parts: Number of parts.
-        merge: Merge the part manifests.
-        base: Incremental base version (URI or id).
-        batch: Incremental batch (folder or ``.jsonl``).
-        progress: Progress bar on stderr.
+        cfg: the resolved :class:`PreprocessConfig`.
+        dest: where versions live (folder or ``s3://`` prefix).
+        source: DeepFashion-C root or ``demo://?images=N&seed=S``; for ``base="latest"``
+            with no version yet, the source the first run ingests.
+        base: incremental: the version to extend (id, URI, or ``latest``).
+        batch: incremental: a ``.jsonl`` batch, a DeepFashion-C-layout batch folder, or a
+            drop prefix of ``*.jsonl`` batches (every pending one is folded in, in order).
+        part: this run's part of a fanned-out full ingest (with ``parts``).
+        parts: number of parts.
+        merge: publish the version from all part manifests.
+        progress: progress bar (images/s, ETA) on stderr.
 
     Returns:
-        The :class:`~fashion_attr.data.ingest.IngestResult`.
+        The :class:`PreprocessResult`.
+
+    Raises:
+        AnnotationError: a bad annotation record (file and line in the message).
+        IngestError: bad arguments, missing files, a base/batch mismatch, missing parts.
+        ManifestError: the base version has no valid manifest.
     """
-    cfg = load_config(
-        PreprocessConfig,
-        preset=preset,
-        config_file=config_file,
-        overrides=overrides,
-        extra=settings,
-    )
-    explicit = cfg.model_fields_set
-    incremental = base is not None
-    return run_preprocess(
-        source,
+    if base is not None or batch is not None:
+        if base is None or batch is None:
+            raise IngestError(
+                "an incremental ingest needs both --base (the version to extend, or 'latest') "
+                "and --batch/--batch-dir (the new data). Fix: pass both, or neither"
+            )
+        if part is not None or merge:
+            raise IngestError(
+                "--part/--merge split a full ingest; catalog batches are small and run in one "
+                "process. Fix: drop --part/--parts/--merge"
+            )
+        return _incremental(cfg, dest, source=source, base=base, batch=batch, progress=progress)
+    if source is None:
+        raise IngestError("a full ingest needs --source (the DeepFashion-C root, or demo://...)")
+    ingest = run_preprocess(
+        resolve_source(source),
         dest,
-        # An incremental version inherits its base's image format unless one is asked for.
-        image_size=cfg.image_size if not incremental or "image_size" in explicit else None,
-        jpeg_quality=cfg.jpeg_quality if not incremental or "jpeg_quality" in explicit else None,
-        shard_max_samples=cfg.shard_max_samples,
-        shard_max_bytes=cfg.shard_max_bytes,
-        workers=cfg.workers,
-        seed=cfg.seed,
+        **_settings(cfg, incremental=False),
         part=part,
         parts=parts,
         merge=merge,
-        base=base,
-        batch=batch,
         progress=progress,
     )
+    if ingest.part is not None:
+        return _result(ingest)
+    latest = versions.set_latest(dest, ingest.version)
+    result = _result(ingest, chain=[ingest.version] if ingest.created else [], latest=latest)
+    if ingest.created:
+        result.write(ingest.uri)
+    return result
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The step's command-line parser."""
-    p = argparse.ArgumentParser(
-        prog="python -m fashion_attr.steps.preprocess",
-        description="Validate, crop and shard DeepFashion-C into a versioned dataset.",
-    )
-    p.add_argument("--source", help="DeepFashion-C root (folder or s3:// prefix)")
-    p.add_argument("--dest", required=True, help="where versions live (folder or s3:// prefix)")
-    p.add_argument("--image-size", type=int, default=None, help="output side in px")
-    p.add_argument("--jpeg-quality", type=int, default=None, help="output JPEG quality")
-    p.add_argument("--shard-max-samples", type=int, default=None, help="samples per shard")
-    p.add_argument("--shard-max-bytes", type=int, default=None, help="bytes per shard")
-    p.add_argument("--workers", type=int, default=None, help="decode/encode processes")
-    p.add_argument("--seed", type=int, default=None, help="shuffle seed (part of the version)")
-    p.add_argument("--part", type=int, default=None, help="this run's part, 0 <= part < parts")
-    p.add_argument("--parts", type=int, default=None, help="number of parts")
-    p.add_argument("--merge", action="store_true", help="write the manifest from all parts")
-    p.add_argument("--base", default=None, help="incremental: base version (URI or v-... id)")
-    p.add_argument("--batch", default=None, help="incremental: batch folder or .jsonl file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    add_config_args(p)
-    return p
+def _incremental(
+    cfg: PreprocessConfig, dest: str, *, source: str | None, base: str, batch: str, progress: bool
+) -> PreprocessResult:
+    chain: list[str] = []
+    current: IngestResult | None = None
+    start = versions.latest_version(dest) if base == "latest" else base
+    if start is None:  # the first scheduled run: ingest the source, then fold the batches
+        if source is None:
+            raise IngestError(
+                f"--base latest: {storage.join(dest, versions.LATEST_POINTER)} does not exist "
+                "yet and no --source was given to start from. Fix: pass --source (the first "
+                "run ingests it), or name a base version"
+            )
+        first = run_preprocess(
+            resolve_source(source), dest, **_settings(cfg, incremental=False), progress=progress
+        )
+        start, current = first.version, first
+        if first.created:
+            chain.append(first.version)
+    pending = versions.pending_batches(batch, dest, start)
+    ref = start
+    for uri in pending:
+        current = run_preprocess(
+            None, dest, **_settings(cfg, incremental=True), base=ref, batch=uri, progress=progress
+        )
+        ref = current.version
+        if current.created:
+            chain.append(current.version)
+    if current is None:  # nothing new: the base is the answer (downstream steps hit the cache)
+        from fashion_attr.data.shards import load_manifest
+
+        uri = versions.version_uri(dest, start)
+        manifest = load_manifest(uri)
+        current = IngestResult(manifest.version, uri, manifest, created=False)
+    latest = versions.set_latest(dest, current.version)
+    result = _result(current, base=start, batches=pending, chain=chain, latest=latest)
+    if current.created:
+        result.write(current.uri)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,8 +233,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 2 on bad input (message on stderr, nothing published).
     """
-    args = build_parser().parse_args(argv)
-    settings = {
+    p = step_parser("preprocess", __doc__)
+    p.add_argument("--source", help="DeepFashion-C root (folder, s3:// prefix or demo://...)")
+    p.add_argument("--dest", required=True, help="where versions live (folder or s3:// prefix)")
+    p.add_argument("--image-size", type=int, default=None, help="output side in px")
+    p.add_argument("--jpeg-quality", type=int, default=None, help="output JPEG quality")
+    p.add_argument("--shard-max-samples", type=int, default=None, help="samples per shard")
+    p.add_argument("--shard-max-bytes", type=int, default=None, help="bytes per shard")
+    p.add_argument("--workers", type=int, default=None, help="decode/encode processes")
+    p.add_argument("--seed", type=int, default=None, help="shuffle seed (part of the version)")
+    p.add_argument("--part", type=int, default=None, help="this run's part, 0 <= part < parts")
+    p.add_argument("--parts", type=int, default=None, help="number of parts")
+    p.add_argument("--merge", action="store_true", help="write the manifest from all parts")
+    p.add_argument("--base", default=None, help="incremental: base version (id, URI or latest)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", default=None, help="incremental: a batch folder or .jsonl")
+    batch.add_argument(
+        "--batch-dir", dest="batch", default=None, help="incremental: a drop of *.jsonl batches"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_config_args(p)
+    args = p.parse_args(argv)
+    flags = {
         "image_size": args.image_size,
         "jpeg_quality": args.jpeg_quality,
         "shard_max_samples": args.shard_max_samples,
@@ -143,23 +262,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": args.workers,
         "seed": args.seed,
     }
-    return run_cli(
-        "preprocess",
-        lambda: run(
-            args.source,
-            args.dest,
+
+    def body() -> PreprocessResult:
+        cfg = load_config(
+            PreprocessConfig,
             preset=args.preset,
             config_file=args.config,
             overrides=args.overrides,
-            settings=settings,
+            extra=flags,
+        )
+        return run(
+            cfg,
+            args.dest,
+            source=args.source,
+            base=args.base,
+            batch=args.batch,
             part=args.part,
             parts=args.parts,
             merge=args.merge,
-            base=args.base,
-            batch=args.batch,
             progress=not args.no_progress,
-        ).summary(),
-    )
+        )
+
+    return run_cli("preprocess", body)
 
 
 if __name__ == "__main__":

@@ -1,67 +1,120 @@
-"""Step 4b: register the classifier in MLflow and gate its promotion to ``champion``.
+r"""Step 4b: register the classifier in MLflow and gate its promotion to ``champion``.
 
 Usage::
 
     python -m fashion_attr.steps.register --model <model.pt URI> --metrics <metrics.json URI> \
-        --model-name NAME --pipeline-run ID [--tracking-uri URI] [--dataset-version V] \
-        [--code-version V] [--report FILE ...] [--preset ...] [--config ...] [--set k=v ...]
+        [--model-name NAME] [--pipeline-run ID] [--tracking-uri URI] [--dataset-version V] \
+        [--code-version V] [--report FILE ...] [--out URI] [--preset ...] [--set k=v ...]
 
 The new version always gets alias ``challenger``; it gets ``champion`` when the
 gate says so (:mod:`fashion_attr.registry.gate`). Re-running with the same
 ``--pipeline-run`` reuses that run's version instead of registering a second one.
 ``--model-name`` overrides ``register.model_name`` of the config;
-``--pipeline-run`` defaults to ``FA_PIPELINE_RUN``. Credentials:
-``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` from the environment.
+``--pipeline-run`` defaults to the variable ``FA_PIPELINE_RUN``. The tracking
+server is ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` (one is required: MLflow
+would otherwise create a store in the working folder); credentials come from
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``.
 
-Exit codes: 0 done (promoted or not), 2 bad input (a gated metric missing or
-non-finite, a file that is not a classifier export, bad config, refused
-credentials), 3 MLflow failure.
+Prints the :class:`RegisterResult` as one line of JSON (and writes it to
+``<out>/result.json`` when ``--out`` is given). Exit codes: 0 done (promoted or
+not), 2 bad input (a metric missing or non-finite, a file that is not a
+classifier export, bad config, no tracking URI, refused credentials), 3 MLflow
+failure.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from fashion_attr.config import RegisterConfig, load_config
-from fashion_attr.steps.common import add_config_args, run_cli
+from fashion_attr.steps.contract import StepResult, add_config_args, run_cli, step_parser
 
-__all__ = ["main", "run"]
+__all__ = ["RegisterResult", "main", "run"]
+
+
+class RegisterResult(StepResult):
+    """What ``register`` did.
+
+    Attributes:
+        name: the registered model.
+        version: the version registered (or reused) for this pipeline run.
+        model_uri: the version's MLflow URI (``models:/<name>/<version>``).
+        alias: ``champion`` when the version was promoted, else ``challenger``.
+        promoted: whether the version holds ``champion`` after the step.
+        champion_version: the champion after the step.
+        previous_champion: the champion before the step (None for the first model).
+        reused: the version already existed for this pipeline run.
+        reason: the gate's reason, in words.
+        decision: the gate's decision with its comparison table.
+        run_id: the MLflow run that logged the version.
+        metrics_uri: the challenger's ``metrics.json``.
+        dataset_version: the dataset the model was trained on.
+    """
+
+    step = "register"
+
+    name: str
+    version: str
+    model_uri: str
+    alias: str
+    promoted: bool
+    champion_version: str | None
+    previous_champion: str | None
+    reused: bool
+    reason: str
+    decision: dict[str, Any]
+    run_id: str | None = None
+    metrics_uri: str = ""
+    dataset_version: str | None = None
 
 
 def run(
+    cfg: RegisterConfig,
     model: str,
     metrics: str,
     *,
     pipeline_run: str,
-    model_name: str | None = None,
+    data: str | None = None,
+    evaluate_config: Any = None,
     tracking_uri: str | None = None,
-    preset: str | None = None,
-    config_file: str | None = None,
-    overrides: Sequence[str] = (),
     dataset_version: str | None = None,
     code_version: str | None = None,
     reports: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Resolve the config, register and gate; returns the step summary.
+    out: str | None = None,
+) -> RegisterResult:
+    """Register ``model`` under ``cfg.model_name`` and apply the promotion gate.
+
+    Args:
+        cfg: the resolved :class:`RegisterConfig`.
+        model: ``model.pt`` from ``train_classifier``.
+        metrics: ``metrics.json`` from ``evaluate``.
+        pipeline_run: the pipeline run id (makes the step idempotent).
+        data: the dataset version the challenger was evaluated on; when given, the champion
+            is evaluated on the same split (like-for-like gate).
+        evaluate_config: the :class:`EvaluateConfig` the challenger was evaluated with.
+        tracking_uri: the MLflow server; default ``MLFLOW_TRACKING_URI``.
+        dataset_version: tag value; default the one recorded in ``model.pt``.
+        code_version: tag value; default the package version.
+        reports: files logged to the run under ``reports/``.
+        out: where to write ``result.json`` (optional).
 
     Returns:
-        ``{"name", "version", "alias", "promoted", "champion_version",
-        "previous_champion", "reused", "reason", "decision"}``; ``alias`` is
-        ``"champion"`` when the version was promoted, else ``"challenger"``.
+        The :class:`RegisterResult`.
+
+    Raises:
+        ValueError: no tracking URI, or bad input (nothing is written to MLflow).
     """
     from fashion_attr.registry.mlflow_registry import register_and_gate
 
-    cfg = load_config(
-        RegisterConfig,
-        preset=preset,
-        config_file=config_file,
-        overrides=overrides,
-        extra={"model_name": model_name},
-    )
-    result = register_and_gate(
+    if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ValueError(
+            "register: no MLflow tracking server: MLFLOW_TRACKING_URI is not set (MLflow would "
+            "silently create a store in the working folder). Fix: set MLFLOW_TRACKING_URI "
+            "(e.g. http://mlflow:5000 or sqlite:///path/mlflow.db) or pass --tracking-uri"
+        )
+    done = register_and_gate(
         model,
         metrics,
         model_name=cfg.model_name,
@@ -72,60 +125,71 @@ def run(
         code_version=code_version,
         reports=reports,
     )
-    return {
-        "name": result.name,
-        "version": result.version,
-        "alias": "champion" if result.promoted else "challenger",
-        "promoted": result.promoted,
-        "champion_version": result.champion_version,
-        "previous_champion": result.previous_champion,
-        "reused": result.reused,
-        "reason": result.decision.reason,
-        "decision": result.decision.to_dict(),
-    }
+    result = RegisterResult(
+        name=done.name,
+        version=done.version,
+        model_uri=f"models:/{done.name}/{done.version}",
+        alias="champion" if done.promoted else "challenger",
+        promoted=done.promoted,
+        champion_version=done.champion_version,
+        previous_champion=done.previous_champion,
+        reused=done.reused,
+        reason=done.decision.reason,
+        decision=done.decision.to_dict(),
+        run_id=done.run_id,
+        metrics_uri=metrics,
+        dataset_version=dataset_version,
+    )
+    if out:
+        result.write(out)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fashion_attr.steps.register",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, help="model.pt from train_classifier.")
-    parser.add_argument("--metrics", required=True, help="metrics.json from evaluate.")
-    parser.add_argument("--model-name", default=None, help="Registered model name.")
-    env_run = os.environ.get("FA_PIPELINE_RUN") or None
+    """Run the step from the command line (exit codes: the module docstring)."""
+    parser = step_parser("register", __doc__)
+    parser.add_argument("--model", required=True, help="model.pt from train_classifier")
+    parser.add_argument("--metrics", required=True, help="metrics.json from evaluate")
+    parser.add_argument("--model-name", default=None, help="registered model name")
     parser.add_argument(
         "--pipeline-run",
-        default=env_run,
-        required=env_run is None,
-        help="Pipeline run id (idempotency); default: FA_PIPELINE_RUN.",
+        default=None,
+        help="pipeline run id (idempotency); default: the variable FA_PIPELINE_RUN",
     )
-    parser.add_argument("--tracking-uri", default=None, help="Default: MLFLOW_TRACKING_URI.")
-    parser.add_argument("--dataset-version", default=None, help="Default: from model.pt.")
-    parser.add_argument("--code-version", default=None, help="Default: package version.")
+    parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI")
+    parser.add_argument("--dataset-version", default=None, help="default: from model.pt")
+    parser.add_argument("--code-version", default=None, help="default: the package version")
     parser.add_argument(
-        "--report", dest="reports", action="append", default=[], help="File logged to the run."
+        "--report", dest="reports", action="append", default=[], help="file logged to the run"
     )
+    parser.add_argument("--out", default=None, help="where to write result.json (optional)")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    return run_cli(
-        "register",
-        lambda: run(
-            args.model,
-            args.metrics,
-            pipeline_run=args.pipeline_run,
-            model_name=args.model_name,
-            tracking_uri=args.tracking_uri,
+    pipeline_run = args.pipeline_run or os.environ.get("FA_PIPELINE_RUN")
+    if not pipeline_run:
+        parser.error("--pipeline-run is required when FA_PIPELINE_RUN is not set")
+
+    def body() -> RegisterResult:
+        cfg = load_config(
+            RegisterConfig,
             preset=args.preset,
             config_file=args.config,
             overrides=args.overrides,
+            extra={"model_name": args.model_name},
+        )
+        return run(
+            cfg,
+            args.model,
+            args.metrics,
+            pipeline_run=pipeline_run,
+            tracking_uri=args.tracking_uri,
             dataset_version=args.dataset_version,
             code_version=args.code_version,
             reports=args.reports,
-        ),
-    )
+            out=args.out,
+        )
+
+    return run_cli("register", body)
 
 
 if __name__ == "__main__":

@@ -1,79 +1,125 @@
-"""Step 3: train the classifier with HABP + Deact using the frozen generator.
+r"""Step 3: train the classifier with HABP + Deact using the frozen generator.
 
 Usage::
 
     python -m fashion_attr.steps.train_classifier --data <dataset version URI> --out <URI> \
-        [--generator <train_gan out>/generator.pt] [--preset ...] [--config ...] [--set k=v ...]
+        [--generator <generator.pt from train_gan>] [--preset ...] [--config ...] [--set k=v ...]
 
 Run under ``torchrun --nproc_per_node N`` for DistributedDataParallel. Resumes
-automatically from ``<out>/checkpoint.pt`` (``--no-resume`` starts over).
+automatically from ``<out>/checkpoint.pt`` (``--no-resume`` starts over); a
+killed or interrupted run continues from its last checkpoint when rerun.
+Prints the :class:`TrainClassifierResult` as one line of JSON and writes it to
+``<out>/result.json``. Progress (step, images/s, losses, ETA) goes to stderr.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 from fashion_attr.config import ClassifierConfig, load_config
-from fashion_attr.steps.common import add_config_args, run_cli
+from fashion_attr.steps.contract import (
+    StepResult,
+    add_training_args,
+    is_rank0,
+    run_cli,
+    step_parser,
+)
 
-__all__ = ["main", "run"]
+__all__ = ["TrainClassifierResult", "main", "run"]
+
+
+class TrainClassifierResult(StepResult):
+    """What ``train_classifier`` produced.
+
+    Attributes:
+        model: the exported classifier (``model.pt``): what evaluate and register read.
+        checkpoint: the last training checkpoint.
+        config: the resolved config saved beside the outputs.
+        labels: the label names (``labels.json``).
+        metrics_log: the JSON Lines metrics log.
+        dataset_version: the dataset the model was trained on.
+        steps: training steps in all.
+        epochs: complete epochs.
+        deact_steps: steps that added the Deact loss.
+        val_metrics: validation metrics of the exported model (None: undefined, e.g. a
+            group without positives in the val split).
+        resumed_from_step: the checkpoint step this run resumed from, else None.
+    """
+
+    step = "train_classifier"
+
+    model: str
+    checkpoint: str
+    config: str
+    labels: str
+    metrics_log: str
+    dataset_version: str
+    steps: int
+    epochs: int
+    deact_steps: int
+    val_metrics: dict[str, float | None]
+    resumed_from_step: int | None = None
 
 
 def run(
+    cfg: ClassifierConfig,
     data: str,
     out: str,
     *,
     generator: str | None = None,
-    preset: str | None = None,
-    config_file: str | None = None,
-    overrides: Sequence[str] = (),
-    cache_dir: str | None = None,
+    cache_dir: str | Path | None = None,
     resume: bool = True,
-) -> dict[str, Any]:
-    """Resolve the config and train; returns the step summary."""
-    from fashion_attr.classifier.engine import train_classifier
+) -> TrainClassifierResult:
+    """Train the classifier on ``data`` into ``out``.
 
-    cfg = load_config(ClassifierConfig, preset=preset, config_file=config_file, overrides=overrides)
-    result = train_classifier(
-        cfg, data, out, generator=generator or None, cache_dir=cache_dir, resume=resume
-    )
-    return {
-        "model": result.model_uri,
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "deact_steps": result.deact_steps,
-        "val_metrics": result.val_metrics,
-        "resumed_from_step": result.resumed_from_step,
-    }
+    Args:
+        cfg: the resolved :class:`ClassifierConfig`.
+        data: the dataset version URI.
+        out: the output URI.
+        generator: ``generator.pt`` from ``train_gan`` (required when Deact is enabled).
+        cache_dir: local shard cache.
+        resume: continue from ``<out>/checkpoint.pt`` when there is one.
+
+    Returns:
+        The :class:`TrainClassifierResult` (also written to ``<out>/result.json``).
+
+    Raises:
+        ValueError: Deact without a generator, or one for another label layout.
+        NonFiniteLossError: a loss became NaN/Inf (names the step and the terms).
+    """
+    from fashion_attr.classifier.trainer import train
+
+    outcome = train(cfg, data, out, generator=generator or None, cache_dir=cache_dir, resume=resume)
+    result = TrainClassifierResult(**dataclasses.asdict(outcome))
+    if is_rank0():
+        result.write(out)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fashion_attr.steps.train_classifier", description=__doc__
-    )
-    parser.add_argument("--data", required=True, help="Dataset version URI (has manifest.json).")
-    parser.add_argument("--out", required=True, help="Output URI (local folder or s3://).")
-    parser.add_argument("--generator", default=None, help="generator.pt from train_gan (Deact).")
-    parser.add_argument("--cache-dir", default=None, help="Local shard cache.")
-    parser.add_argument("--no-resume", action="store_true", help="Ignore an existing checkpoint.")
-    add_config_args(parser)
+    """Run the step from the command line (exit codes: :mod:`fashion_attr.steps.contract`)."""
+    parser = step_parser("train_classifier", __doc__)
+    parser.add_argument("--generator", default=None, help="generator.pt from train_gan (Deact)")
+    add_training_args(parser)
     args = parser.parse_args(argv)
-    return run_cli(
-        "train_classifier",
-        lambda: run(
+
+    def body() -> TrainClassifierResult:
+        cfg = load_config(
+            ClassifierConfig, preset=args.preset, config_file=args.config, overrides=args.overrides
+        )
+        return run(
+            cfg,
             args.data,
             args.out,
             generator=args.generator,
-            preset=args.preset,
-            config_file=args.config,
-            overrides=args.overrides,
             cache_dir=args.cache_dir,
             resume=not args.no_resume,
-        ),
-    )
+        )
+
+    record = args.out if args.record_error else None
+    return run_cli("train_classifier", body, out=record, resumable=True)
 
 
 if __name__ == "__main__":

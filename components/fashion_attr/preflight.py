@@ -1,0 +1,230 @@
+"""Fail fast: check a pipeline run's parameters, overrides, URIs and credentials in seconds.
+
+The retraining DAG runs :func:`check_pipeline_inputs` as its first task, and
+``pipelines.run_local`` runs it before submitting, so a typo in an override, an
+unknown preset, a wrong bucket or a refused MLflow password is reported before
+any GPU pod starts, all problems at once, each naming the parameter and the
+fix. A failure here is a user error (exit 2): it is never retried.
+
+Each remote check is one request without retries (a few seconds at most for
+an endpoint that does not answer).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from fashion_attr import storage
+from fashion_attr.config import (
+    PRESETS,
+    ClassifierConfig,
+    EvaluateConfig,
+    GanConfig,
+    PreprocessConfig,
+    RegisterConfig,
+    load_config,
+)
+
+__all__ = ["Plan", "PreflightError", "check_mlflow", "check_pipeline_inputs"]
+
+
+class PreflightError(ValueError):
+    """One or more pipeline inputs are wrong (the message lists each with its fix)."""
+
+
+@dataclass
+class Plan:
+    """What the checks resolved.
+
+    Attributes:
+        parts: the part indices of the ingest fan-out (``range(ingest_parts)``).
+        configs: every step's resolved config, by step name.
+        notes: remarks that are not errors (e.g. an empty catalog drop).
+    """
+
+    parts: list[int]
+    configs: dict[str, BaseModel] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_mlflow(tracking_uri: str | None = None, timeout_s: float = 10.0) -> None:
+    """One request to the tracking server: is it set, reachable, and are we let in?
+
+    Raises:
+        ValueError: no tracking URI, or the server refused the credentials.
+        RuntimeError: the server could not be reached (names the URI).
+    """
+    from fashion_attr.credentials import adopt_uri_credentials, safe_uri
+
+    adopt_uri_credentials()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ValueError(
+            "MLFLOW_TRACKING_URI is not set. Fix: point it at the MLflow server (Kubernetes "
+            "config map pipeline-config) or a sqlite:///... file for a local run"
+        )
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        text = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or " 401" in text:
+            raise ValueError(
+                f"MLflow at {safe_uri(uri)} refused the credentials ({text}). Fix: set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (secret mlflow-credentials)"
+            ) from None
+        raise RuntimeError(
+            f"MLflow at {safe_uri(uri)} did not answer ({text}). Fix: check "
+            "MLFLOW_TRACKING_URI and that the tracking server is up"
+        ) from None
+
+
+def _demo_or_path(uri: str) -> None:
+    from fashion_attr.data.annotations import ATTR_IMG
+    from fashion_attr.data.sources import DEMO_SCHEME, demo_params
+
+    if uri.startswith(DEMO_SCHEME):
+        demo_params(uri)
+        return
+    storage.check_access(storage.join(uri, ATTR_IMG))
+
+
+def check_pipeline_inputs(
+    *,
+    source_uri: str | None,
+    storage_uri: str,
+    batch_uri: str | None = None,
+    base_version: str | None = None,
+    preset: str | None = None,
+    gan_overrides: Sequence[str] = (),
+    classifier_overrides: Sequence[str] = (),
+    reuse_generator: str | None = None,
+    ingest_parts: int = 1,
+    model_name: str | None = None,
+    gate_metrics: Sequence[str] = (),
+    gate_tolerance: float | None = None,
+    train_nodes: int = 1,
+    mlflow: bool = True,
+) -> Plan:
+    """Check everything a pipeline run will need; raise once, listing every problem.
+
+    Args:
+        source_uri: DeepFashion-C root or ``demo://...`` (None: not needed).
+        storage_uri: where datasets and step outputs go (must be writable).
+        batch_uri: a catalog batch or drop (with ``base_version``).
+        base_version: the version to extend (id, URI or ``latest``).
+        preset: the configuration preset.
+        gan_overrides: ``key=value`` overrides of ``train_gan``.
+        classifier_overrides: ``key=value`` overrides of ``train_classifier``.
+        reuse_generator: a generator to reuse instead of training one.
+        ingest_parts: parts of the ingest fan-out (>= 1).
+        model_name: the registered model name.
+        gate_metrics: the metrics the promotion gate compares.
+        gate_tolerance: the gate's tolerance.
+        train_nodes: GPU nodes per training step (> 1 needs s3:// storage).
+        mlflow: also check the MLflow tracking server.
+
+    Returns:
+        The :class:`Plan`.
+
+    Raises:
+        PreflightError: listing every problem found.
+    """
+    problems: list[str] = []
+    plan = Plan(parts=list(range(max(int(ingest_parts), 1))))
+
+    def check(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # every problem is collected, then reported together
+            problems.append(f"{what}: {exc}")
+            return None
+
+    if preset and preset not in PRESETS:
+        problems.append(f"preset: {preset!r} is unknown. Fix: use one of {', '.join(PRESETS)}")
+        preset = None
+    register_extra = {
+        "model_name": model_name,
+        "tolerance": gate_tolerance,
+        "gate_metrics": list(gate_metrics) or None,
+    }
+    for name, model, extra_overrides, extra in (
+        ("preprocess", PreprocessConfig, (), None),
+        ("train_gan", GanConfig, gan_overrides, None),
+        ("train_classifier", ClassifierConfig, classifier_overrides, None),
+        ("evaluate", EvaluateConfig, (), None),
+        ("register", RegisterConfig, (), register_extra),
+    ):
+        cfg = check(
+            f"{name} config",
+            lambda m=model, o=extra_overrides, e=extra: load_config(
+                m, preset=preset, overrides=list(o), extra=e
+            ),
+        )
+        if cfg is not None:
+            plan.configs[name] = cfg
+    ev, reg = plan.configs.get("evaluate"), plan.configs.get("register")
+    if ev is not None and reg is not None:
+        from fashion_attr.evaluation.metrics import metric_names
+
+        known = metric_names(ev.ks)
+        unknown = [m for m in reg.gate_metrics if m not in known]
+        if unknown:
+            problems.append(
+                f"gate_metrics: {unknown} are not metrics evaluate reports. Fix: use names such "
+                f"as {', '.join(known[:3])}, cat_top3_acc (all: {', '.join(known)})"
+            )
+    if int(ingest_parts) < 1:
+        problems.append(f"ingest_parts: {ingest_parts}. Fix: use 1 or more")
+    if int(train_nodes) > 1 and not storage.is_s3(storage_uri):
+        problems.append(
+            f"train_nodes={train_nodes} with storage_uri {storage_uri!r}: the training nodes "
+            "cannot see a local folder. Fix: use an s3:// storage_uri"
+        )
+    if batch_uri and not base_version:
+        problems.append(
+            "batch_uri is set but base_version is 'none'. Fix: name the base version, or "
+            "'latest' for scheduled retraining"
+        )
+    check("storage_uri", lambda: storage.check_access(storage_uri, write=True))
+    dest = storage.join(storage_uri, "datasets")
+    needs_source = not base_version
+    if base_version == "latest":
+        from fashion_attr.data.versions import latest_version
+
+        needs_source = check("base_version", lambda: latest_version(dest)) is None
+    elif base_version:
+        from fashion_attr.data.shards import load_manifest
+        from fashion_attr.data.versions import version_uri
+
+        check("base_version", lambda: load_manifest(version_uri(dest, base_version)))
+    if needs_source:
+        if not source_uri:
+            problems.append("source_uri: not set, and there is no dataset version to start from")
+        else:
+            check("source_uri", lambda: _demo_or_path(source_uri))
+    if batch_uri:
+        from fashion_attr.data.versions import batch_kind
+
+        kind = check("batch_uri", lambda: batch_kind(batch_uri))
+        if kind in ("jsonl", "folder"):
+            check("batch_uri", lambda: storage.check_access(batch_uri))
+    if reuse_generator:
+        check("reuse_generator", lambda: storage.check_access(reuse_generator))
+    if mlflow:
+        check("MLflow", check_mlflow)
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise PreflightError(
+            f"the pipeline inputs have {len(problems)} problem(s); nothing was run:\n{listed}"
+        )
+    return plan
