@@ -111,15 +111,32 @@ def _runner(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> Any
 
     if args.runner == "subprocess":
         return local.SubprocessRunner(use_venv=False)
-    # Each step in its own container from the project image. The work folder is mounted at
-    # the same path (storage, MLflow, the cache and the pipeline root live there), the
-    # container runs as this user (the image's own user could not write the folder), and
-    # shares the host's network (no bridge on machines like CI's).
+    import docker
+    from docker.types import Mount
+
+    # Each step in its own container from the project image. The work folder (storage,
+    # MLflow, the cache, the pipeline root) is mounted at the same path; the container runs
+    # as this user, so what it writes stays ours (the image's own user, uid 10001, could not
+    # write the folder), with HOME and caches in /tmp; it shares the host's network (no
+    # bridge on machines like CI's; MLflow and object stores on the host stay reachable).
+    try:
+        docker.from_env().images.get(args.image)
+    except docker.errors.ImageNotFound:
+        raise SystemExit(
+            f"run_local: error: the image {args.image} does not exist here. Fix: build it "
+            "with `make image` (scripts/container-engine.sh prepares an engine)"
+        ) from None
+    except docker.errors.DockerException as exc:
+        raise SystemExit(
+            f"run_local: error: no Docker engine answers ({exc}). Fix: start one "
+            "(scripts/container-engine.sh start) or use --runner subprocess"
+        ) from None
+    container_env = {**env, "HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache"}
     return local.DockerRunner(
         user=f"{os.getuid()}:{os.getgid()}",
         network_mode="host",
-        environment=env,
-        volumes={str(workdir): {"bind": str(workdir), "mode": "rw"}},
+        environment=container_env,
+        mounts=[Mount(target=str(workdir), source=str(workdir), type="bind")],
     )
 
 

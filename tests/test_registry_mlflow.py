@@ -275,7 +275,10 @@ def test_champion_pyfunc_predicts_real_jpeg_with_documented_keys(
     assert "torch==2.14.1" in reqs and "torchvision==0.29.1" in reqs
     assert f"mlflow=={mlflow.__version__}" in reqs
     inputs = pm.metadata.get_input_schema().to_dict()
-    assert inputs == [{"type": "string", "name": "image", "required": True}]
+    assert inputs == [
+        {"type": "string", "name": "image", "required": True},
+        {"type": "array", "items": {"type": "double"}, "name": "bbox", "required": False},
+    ]
 
     jpegs = []
     for kind in range(3):

@@ -72,6 +72,27 @@ def test_model_format_has_one_home_shared_with_the_training_export() -> None:
     assert MODEL_FORMAT is export.MODEL_FORMAT == "fashion_attr.classifier/v1"
 
 
+def test_a_bbox_crops_the_photo_as_ingest_crops_the_training_images(
+    predictor: ImagePredictor,
+) -> None:
+    # Left half red, right half blue: the box of the right half gives a blue crop.
+    img = Image.new("RGB", (80, 40), (255, 0, 0))
+    img.paste((0, 0, 255), (40, 0, 80, 40))
+    raw = _png(img)
+    whole = predictor.decode(raw, 0)
+    assert whole[0].float().mean() > 100 and whole[2].float().mean() > 100  # both colours
+    for box in ([40, 0, 80, 40], "40,0,80,40", (40.0, -5.0, 120.0, 60.0)):  # clamped like ingest
+        crop = predictor.decode(raw, 0, box)
+        assert int(crop[0].max()) == 0 and int(crop[2].min()) == 255, box
+    assert torch.equal(predictor.decode(raw, 0, None), whole)
+    assert torch.equal(predictor.decode(raw, 0, float("nan")), whole)
+    for bad, words in (([90, 0, 100, 10], "does not overlap"), ([1, 2, 3], "four numbers")):
+        with pytest.raises(MlflowException, match=words):
+            predictor.decode(raw, 3, bad)
+    answers = predictor.predict([raw, raw], boxes=[None, [40, 0, 80, 40]])
+    assert len(answers) == 2
+
+
 def test_preprocessing_is_resize_then_per_channel_normalisation(predictor: ImagePredictor) -> None:
     # A solid colour stays solid under bilinear resizing; (c / 255 - mean) / std per channel.
     raw = _png(Image.new("RGB", (40, 30), (200, 30, 60)))

@@ -1,9 +1,13 @@
 """The served model: an MLflow ``pyfunc`` around the exported classifier.
 
-Input: a pandas DataFrame with one column ``image`` whose values are base64-encoded
+Input: a pandas DataFrame with a column ``image`` whose values are base64-encoded
 JPEG or PNG files (a ``data:image/...;base64,`` prefix is accepted; raw ``bytes``
-values are accepted too when the model is called from Python). Over HTTP this is
-``{"dataframe_split": {"columns": ["image"], "data": [[<b64>], ...]}}``.
+values are accepted too when the model is called from Python), and an optional
+column ``bbox``: the garment's box ``[x1, y1, x2, y2]`` in the image's pixels (or
+null for the whole image). The model was trained on garment crops (ingest crops
+every image to its box), so send the box when you have it: the image is then
+cropped exactly as in training. Over HTTP this is
+``{"dataframe_split": {"columns": ["image", "bbox"], "data": [[<b64>, [x1, y1, x2, y2]], ...]}}``.
 
 Output: one dict per input row, in order::
 
@@ -25,8 +29,8 @@ model's ``model_config``) and can be overridden per request with the params
 Preprocessing is the one the exported model says it was trained with
 (``preprocessing`` in ``model.pt``): decode with PIL, convert to RGB (``L`` for a
 one-channel model), resize the whole image to ``image_size`` x ``image_size``
-bilinearly (as ``preprocess`` does after cropping to the garment box: callers
-send garment crops), scale to [0, 1] and normalise per channel,
+bilinearly (after cropping to ``bbox`` when given, as ``preprocess`` crops every
+training image to its box), scale to [0, 1] and normalise per channel,
 ``(x - mean) / std``. Images are decoded with JPEG and PNG decoders only, and
 refused above ``MAX_IMAGE_PIXELS`` (the decompression-bomb guard of ingest).
 
@@ -168,12 +172,15 @@ class ImagePredictor:
             self.groups[group_name(g)] = [i for i, gi in enumerate(groups) if gi == g]
 
     # -- input ---------------------------------------------------------------------------
-    def decode(self, value: Any, row: int) -> torch.Tensor:
-        """Decode one image value into a ``uint8`` ``[C, S, S]`` tensor (resized, not normalised).
+    def decode(self, value: Any, row: int, bbox: Any = None) -> torch.Tensor:
+        """Decode one image into ``uint8`` ``[C, S, S]`` (cropped, resized, not normalised).
 
         Args:
             value: base64 text (optionally a ``data:`` URL) or raw bytes of a JPEG/PNG.
             row: the row index, named in errors.
+            bbox: the garment's box ``(x1, y1, x2, y2)`` in pixels (a sequence, a
+                ``"x1,y1,x2,y2"`` string, or None for the whole image): cropped first and
+                clamped to the image, as ingest crops the training images.
 
         Raises:
             MlflowException: (``INVALID_PARAMETER_VALUE``, HTTP 400 when served) naming
@@ -196,6 +203,18 @@ class ImagePredictor:
             raise _bad(
                 row, f"not a decodable JPEG or PNG image ({exc})", "send a JPEG or PNG file"
             ) from None
+        box = _box(bbox, row)
+        if box is not None:
+            x1, y1, x2, y2 = box
+            cx1, cx2 = min(max(x1, 0), img.width), min(max(x2, 0), img.width)
+            cy1, cy2 = min(max(y1, 0), img.height), min(max(y2, 0), img.height)
+            if cx2 <= cx1 or cy2 <= cy1:
+                raise _bad(
+                    row,
+                    f"bbox {list(box)} does not overlap the {img.width}x{img.height} image",
+                    "send the garment's box in the image's pixels as [x1, y1, x2, y2]",
+                )
+            img = img.crop((cx1, cy1, cx2, cy2))
         img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         if arr.ndim == 2:
@@ -219,7 +238,11 @@ class ImagePredictor:
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()
     def predict(
-        self, images: Sequence[Any], threshold: float | None = None, top_k: int | None = None
+        self,
+        images: Sequence[Any],
+        threshold: float | None = None,
+        top_k: int | None = None,
+        boxes: Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Classify images (base64 text or bytes); one answer dict per image, in order.
 
@@ -227,6 +250,7 @@ class ImagePredictor:
             images: the image values.
             threshold: override of the attribute threshold.
             top_k: override of k.
+            boxes: per image, the garment's box or None (see :meth:`decode`).
 
         Returns:
             A list of ``{"category", "category_prob", "attributes", "top_k"}`` dicts.
@@ -234,7 +258,11 @@ class ImagePredictor:
         thr = self.threshold if threshold is None else float(threshold)
         k = self.top_k if top_k is None else int(top_k)
         _check_threshold_k(thr, k, source="request params")
-        decoded = [self.decode(v, i) for i, v in enumerate(images)]  # fail before any compute
+        if boxes is not None and len(boxes) != len(images):
+            raise _bad(0, f"{len(boxes)} boxes for {len(images)} images", "send one per image")
+        boxes = boxes if boxes is not None else [None] * len(images)
+        # Decode everything first: a bad row fails the request before any compute.
+        decoded = [self.decode(v, i, b) for i, (v, b) in enumerate(zip(images, boxes, strict=True))]
         out: list[dict[str, Any]] = []
         for start in range(0, len(decoded), _BATCH):
             x = self.normalize(torch.stack(decoded[start : start + _BATCH]))
@@ -267,6 +295,24 @@ class ImagePredictor:
             "attributes": attributes,
             "top_k": top,
         }
+
+
+def _box(value: Any, row: int) -> tuple[int, int, int, int] | None:
+    """A box from a request cell: None/NaN/empty (whole image), 4 numbers, or "x1,y1,x2,y2"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        value = value.replace(",", " ").split()
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
+        raise _bad(row, f"bbox {value!r} is not four numbers", "send [x1, y1, x2, y2] in pixels")
+    x1, y1, x2, y2 = (round(v) for v in numbers)
+    return x1, y1, x2, y2
 
 
 def _image_bytes(value: Any, row: int) -> bytes:
@@ -351,16 +397,17 @@ class FashionAttrPyfunc(mlflow.pyfunc.PythonModel):
                     '{"dataframe_split": {"columns": ["image"], "data": [[<base64>], ...]}}'
                 )
             values = model_input["image"].tolist()
+            boxes = model_input["bbox"].tolist() if "bbox" in model_input.columns else None
         else:
-            values = list(model_input)
+            values, boxes = list(model_input), None
         params = params or {}
         return self._predictor.predict(
-            values, threshold=params.get("threshold"), top_k=params.get("top_k")
+            values, threshold=params.get("threshold"), top_k=params.get("top_k"), boxes=boxes
         )
 
 
 def model_signature(threshold: float, top_k: int) -> ModelSignature:
-    """Signature: input column ``image`` (string), the answer dict, params threshold/top_k."""
+    """Signature: columns ``image`` (string) and optional ``bbox``, the answer, threshold/top_k."""
     item = Object([Property("name", "string"), Property("prob", "double")])
     outputs = Schema(
         [
@@ -373,9 +420,8 @@ def model_signature(threshold: float, top_k: int) -> ModelSignature:
     params = ParamSchema(
         [ParamSpec("threshold", "double", float(threshold)), ParamSpec("top_k", "long", int(top_k))]
     )
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "image")]), outputs=outputs, params=params
-    )
+    inputs = Schema([ColSpec("string", "image"), ColSpec(Array("double"), "bbox", required=False)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def pip_requirements() -> list[str]:
@@ -449,7 +495,9 @@ def log_pyfunc_model(
             code_paths=[package_dir],
             model_config={"attribute_threshold": float(threshold), "top_k": int(top_k)},
             signature=model_signature(threshold, top_k),
-            input_example=pd.DataFrame({"image": [_example_image()]}),
+            input_example=pd.DataFrame(
+                {"image": [_example_image()], "bbox": [[2.0, 2.0, 14.0, 14.0]]}
+            ),
             pip_requirements=pip_requirements(),
             registered_model_name=registered_model_name,
             metadata=meta,
