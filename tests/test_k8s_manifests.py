@@ -31,6 +31,12 @@ K8S = ROOT / "k8s"
 OVERLAYS = sorted(
     p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file()
 )
+#: The overlays that install the services (MLflow, the object store) in fashion-attr;
+#: kfp-standalone adds only what runs of a standalone KFP need in kubeflow.
+SERVICE_OVERLAYS = ["cloud", "minio"]
+#: Where each overlay puts its namespaced objects.
+OVERLAY_NAMESPACE = {"cloud": "fashion-attr", "minio": "fashion-attr", "kfp-standalone": "kubeflow"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 TRAINING = K8S / "training"
 SECRETS_DIR = K8S / "secrets"
 NAMESPACE = "fashion-attr"
@@ -207,16 +213,17 @@ def test_overlay_objects_match_kubernetes_schema(overlay: str, version: str) -> 
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as err:
             pytest.fail(f"{overlay}: {name} is invalid for Kubernetes {version}: {err.message}")
-        if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == NAMESPACE, f"{overlay}: {name} namespace"
+        if obj["kind"] not in CLUSTER_SCOPED:
+            namespace = obj["metadata"].get("namespace")
+            assert namespace == OVERLAY_NAMESPACE[overlay], f"{overlay}: {name} namespace"
 
 
 def test_overlays_exist() -> None:
-    assert OVERLAYS == ["cloud", "minio"]
+    assert OVERLAYS == ["cloud", "kfp-standalone", "minio"]
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
 def test_every_container_is_locked_down(overlay: str) -> None:
     workloads = [o for o in render(overlay) if o["kind"] in WORKLOAD_KINDS]
     assert workloads
@@ -256,7 +263,7 @@ def test_no_credentials_in_manifests(overlay: str) -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
 def test_mlflow_server_runs_with_auth_and_health_probes(overlay: str) -> None:
     (deploy,) = [
         o
@@ -292,7 +299,7 @@ def test_mlflow_server_runs_with_auth_and_health_probes(overlay: str) -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
 def test_pipeline_config_points_at_the_mlflow_service(overlay: str) -> None:
     objects = {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
     uri = objects["ConfigMap", "pipeline-config"]["data"]["MLFLOW_TRACKING_URI"]
@@ -412,7 +419,7 @@ def test_network_policy_evaluator_follows_kubernetes_semantics() -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
 def test_mlflow_is_reachable_only_by_pipeline_and_serving_pods(overlay: str) -> None:
     policies = [o for o in render(overlay) if o["kind"] == "NetworkPolicy"]
     assert any(
@@ -467,29 +474,38 @@ def test_pipeline_egress_allows_dns_mlflow_object_store_and_peers_only() -> None
 
 
 @needs_kubectl
-def test_pipeline_runner_role_is_least_privilege() -> None:
+def test_service_accounts_of_the_pipeline_and_the_server() -> None:
     objects = {(o["kind"], o["metadata"]["name"]): o for o in render("minio")}
-    rules = objects["Role", "pipeline-runner"]["rules"]
-    for rule in rules:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
-        assert "*" not in rule["apiGroups"], rule
-    (secret_rule,) = [r for r in rules if "secrets" in r["resources"]]
-    assert secret_rule["verbs"] == ["get"]
-    assert sorted(secret_rule["resourceNames"]) == [
-        "mlflow-credentials",
-        "object-store-credentials",
-    ]
-    by_resource = {
-        (r["apiGroups"][0], res): set(r["verbs"]) for r in rules for res in r["resources"]
-    }
-    for job in (("trainer.kubeflow.org", "trainjobs"), ("kubeflow.org", "pytorchjobs")):
-        assert {"create", "get", "watch", "delete"} <= by_resource[job], job
-    binding = objects["RoleBinding", "pipeline-runner"]
-    assert binding["roleRef"]["name"] == "pipeline-runner"
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": NAMESPACE}
-    ]
+    assert objects["ServiceAccount", "pipeline-runner"]["automountServiceAccountToken"] is True
     assert objects["ServiceAccount", "mlflow"]["automountServiceAccountToken"] is False
+    training = objects["ServiceAccount", "fashion-attr-training"]
+    assert training["automountServiceAccountToken"] is False
+    # Standalone KFP brings its own pipeline-runner: the overlay must not replace it.
+    standalone = {(o["kind"], o["metadata"]["name"]) for o in render("kfp-standalone")}
+    assert ("ServiceAccount", "pipeline-runner") not in standalone
+    assert ("ServiceAccount", "fashion-attr-training") in standalone
+
+
+@needs_kubectl
+def test_standalone_pipeline_pods_reach_mlflow_and_the_object_store() -> None:
+    policies = [o for o in render("minio") if o["kind"] == "NetworkPolicy"]
+    for target, port in (
+        ({"app.kubernetes.io/name": "mlflow"}, 5000),
+        ({"app.kubernetes.io/name": "minio"}, 9000),
+    ):
+        assert allowed(policies, PIPELINE_POD, target, port, src_namespace="kubeflow"), target
+        assert not allowed(policies, OTHER_POD, target, port, src_namespace="kubeflow"), target
+    config = {
+        o["metadata"]["name"]: o["data"]
+        for o in render("kfp-standalone")
+        if o["kind"] == "ConfigMap"
+    }
+    assert config["pipeline-config"]["MLFLOW_TRACKING_URI"].startswith(
+        "http://mlflow.fashion-attr.svc"
+    )
+    assert config["object-store-config"]["AWS_ENDPOINT_URL"].startswith(
+        "http://minio.fashion-attr.svc"
+    )
 
 
 # --------------------------------------------------------------------------- secrets
@@ -546,30 +562,46 @@ def _secret_refs(spec: dict[str, Any]) -> set[tuple[str, str | None]]:
     return refs
 
 
+TRAINJOB_EXAMPLES = {"trainjob-v2.1.yaml": "2.1", "trainjob-v2.2-v2.3.yaml": "2.3"}
+
+
+def _trainjob_pod_part(job: dict[str, Any]) -> dict[str, Any]:
+    """The per-pod part of a TrainJob (v2.1 podTemplateOverrides, v2.2+ runtimePatches)."""
+    if "podTemplateOverrides" in job["spec"]:
+        (override,) = job["spec"]["podTemplateOverrides"]
+        assert override["targetJobs"] == [{"name": "node"}]
+        return override
+    (patch,) = job["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert replicated["name"] == "node"
+    return replicated["template"]["spec"]["template"]
+
+
 def training_pod_specs() -> dict[str, dict[str, Any]]:
-    """Pod specs of the training templates (TrainJob assembled as the Trainer would)."""
-    trainjob = load_yaml(TRAINING / "trainjob.yaml")
-    trainer, (override,) = trainjob["spec"]["trainer"], trainjob["spec"]["podTemplateOverrides"]
-    (node_mounts,) = override["spec"]["containers"]
-    trainjob_pod = {
-        "serviceAccountName": override["spec"]["serviceAccountName"],
-        "nodeSelector": override["spec"]["nodeSelector"],
-        "tolerations": override["spec"]["tolerations"],
-        "volumes": override["spec"]["volumes"],
-        "containers": [
-            {
-                "name": node_mounts["name"],
-                "image": trainer["image"],
-                "command": trainer["command"],
-                "args": trainer["args"],
-                "env": trainer["env"],
-                "resources": trainer["resourcesPerNode"],
-                "volumeMounts": node_mounts["volumeMounts"],
-            }
-        ],
-    }
+    """Pod specs of the generated job examples (a TrainJob's assembled as the Trainer would)."""
+    specs = {}
+    for name in TRAINJOB_EXAMPLES:
+        trainjob = load_yaml(TRAINING / name)
+        trainer, part = trainjob["spec"]["trainer"], _trainjob_pod_part(trainjob)
+        (node_mounts,) = part["spec"]["containers"]
+        specs[f"TrainJob {name}"] = {
+            "serviceAccountName": part["spec"]["serviceAccountName"],
+            "nodeSelector": part["spec"]["nodeSelector"],
+            "tolerations": part["spec"]["tolerations"],
+            "volumes": part["spec"]["volumes"],
+            "containers": [
+                {
+                    "name": node_mounts["name"],
+                    "image": trainer["image"],
+                    "command": trainer["command"],
+                    "args": trainer["args"],
+                    "env": trainer["env"],
+                    "resources": trainer["resourcesPerNode"],
+                    "volumeMounts": node_mounts["volumeMounts"],
+                }
+            ],
+        }
     pytorchjob = load_yaml(TRAINING / "pytorchjob.yaml")
-    specs = {"TrainJob": trainjob_pod}
     for role, replica in pytorchjob["spec"]["pytorchReplicaSpecs"].items():
         specs[f"PyTorchJob {role}"] = replica["template"]["spec"]
     return specs
@@ -578,7 +610,9 @@ def training_pod_specs() -> dict[str, dict[str, Any]]:
 @needs_kubectl
 def test_every_referenced_secret_key_is_documented() -> None:
     documented = documented_secrets()
-    specs = [pod_spec(o) for ov in OVERLAYS for o in render(ov) if o["kind"] in WORKLOAD_KINDS]
+    specs = [
+        pod_spec(o) for ov in SERVICE_OVERLAYS for o in render(ov) if o["kind"] in WORKLOAD_KINDS
+    ]
     specs += list(training_pod_specs().values())
     refs = set().union(*(_secret_refs(s) for s in specs))
     assert refs, "no secret references found"
@@ -667,7 +701,8 @@ def _check_gpu_pod(name: str, spec: dict[str, Any], gpus: int) -> None:
     (container,) = spec["containers"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", name
-    assert volumes[mounts["/etc/fashion-attr"]]["configMap"]["name"] == "fashion-attr-train-config"
+    # the step's config travels as --config s3://..., not as a ConfigMap
+    assert not any("configMap" in v for v in volumes.values()), name
     resources = container["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"]
     assert int(resources["limits"]["nvidia.com/gpu"]) == gpus, name
@@ -679,23 +714,22 @@ def _check_gpu_pod(name: str, spec: dict[str, Any], gpus: int) -> None:
     args = container["args"]
     module = args[args.index("-m") + 1]
     assert module == "fashion_attr.steps.train_classifier", name
-    assert args[args.index("--config") + 1] == "/etc/fashion-attr/train_classifier.yaml", name
+    assert args[args.index("--config") + 1].startswith("s3://"), name
 
 
-def test_trainjob_template() -> None:
-    job = load_yaml(TRAINING / "trainjob.yaml")
+@pytest.mark.parametrize("name", list(TRAINJOB_EXAMPLES))
+def test_trainjob_template(name: str) -> None:
+    job = load_yaml(TRAINING / name)
     assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
     assert job["metadata"]["namespace"] == NAMESPACE
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job["metadata"]["name"])
     assert len(job["metadata"]["name"]) <= 63
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     assert job["spec"]["trainer"]["numNodes"] >= 2
-    (override,) = job["spec"]["podTemplateOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]
-    labels = override["metadata"]["labels"]
+    labels = _trainjob_pod_part(job)["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "training"
     assert labels["app.kubernetes.io/part-of"] == "fashion-attr-pipeline"
-    _check_gpu_pod("TrainJob", training_pod_specs()["TrainJob"], gpus=1)
+    _check_gpu_pod("TrainJob", training_pod_specs()[f"TrainJob {name}"], gpus=1)
 
 
 def test_pytorchjob_template() -> None:
@@ -714,8 +748,14 @@ def test_pytorchjob_template() -> None:
     assert container["ports"] == [
         {"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}
     ]
-    for flag in ("--nnodes=$(WORLD_SIZE)", "--node-rank=$(RANK)", "--master-addr=$(MASTER_ADDR)"):
-        assert flag in container["args"]
+    args = container["args"]
+    for flag, value in (
+        ("--nnodes", "2"),
+        ("--node_rank", "$(RANK)"),
+        ("--master_addr", "$(MASTER_ADDR)"),
+        ("--master_port", "$(MASTER_PORT)"),
+    ):
+        assert args[args.index(flag) + 1] == value
     _check_gpu_pod("PyTorchJob", spec, gpus=1)
     assert container_violations(spec, "PyTorchJob") == []
     assert spec["automountServiceAccountToken"] is False
@@ -725,5 +765,5 @@ def test_training_step_module_exists() -> None:
     path = ROOT / "components/fashion_attr/steps/train_classifier.py"
     assert path.is_file(), (
         f"k8s/training/*.yaml run `torchrun -m fashion_attr.steps.train_classifier`, but {path} "
-        "does not exist: fix the module name in the templates or add the step"
+        "does not exist: fix the module name in the launcher or add the step"
     )

@@ -1,13 +1,16 @@
-"""Multi-node launcher (fashion_attr.launch): rendering, validation, and the wait loop.
+"""Multi-node launcher (fashion_attr.launch): rendering, release detection, the wait loop.
 
 No cluster: the pod parts of the rendered jobs are validated as core Pods with
-kubernetes-validate (as tests/test_k8s_manifests.py does for the templates), and the wait
-loop runs against a fake CustomObjectsApi that plays the controller.
+kubernetes-validate, the Trainer release is read from the release CRDs in tests/fixtures/
+served by a fake API, and the wait loop runs against a fake CustomObjectsApi that plays the
+controller. tests/test_training_job_models.py checks the jobs against the upstream models
+and CRD schemas of each supported release.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from pathlib import Path
@@ -18,10 +21,12 @@ import kubernetes_validate
 import pytest
 from fashion_attr import launch
 from fashion_attr.launch import JobResult, job_name_for, launch_and_wait, render_job
+from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_TEMPLATES = ROOT / "components/fashion_attr/k8s_templates"
+TRAINER_CRDS = ROOT / "tests/fixtures/trainer_crds"
+RELEASES = ("2.1", "2.2", "2.3")
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 NS = "fashion-attr"
 NAME = "fa-train-classifier-0123456789abcdef"
@@ -60,10 +65,26 @@ def render(kind: str, nodes: int = 2, gpus: int = 4, **kw: Any) -> dict[str, Any
     return render_job(kind, **params)  # type: ignore[arg-type]
 
 
+def trainjob_pod_override(job: dict[str, Any]) -> dict[str, Any]:
+    """The per-pod part of a TrainJob: metadata and spec, whatever the Trainer release."""
+    spec = job["spec"]
+    if "podTemplateOverrides" in spec:  # Trainer v2.1
+        assert "runtimePatches" not in spec
+        (override,) = spec["podTemplateOverrides"]
+        assert override["targetJobs"] == [{"name": "node"}]
+        return {"metadata": override["metadata"], "spec": override["spec"]}
+    assert set(spec) == {"runtimeRef", "trainer", "runtimePatches"}  # v2.2+: no labels field
+    (patch,) = spec["runtimePatches"]
+    assert patch["manager"] == "fashion-attr.io/launcher"  # domain-prefixed (Trainer webhook)
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert replicated["name"] == "node"
+    return replicated["template"]["spec"]["template"]
+
+
 def trainjob_pod(job: dict[str, Any]) -> dict[str, Any]:
-    """The node pod as the Trainer assembles it: trainer fields + the pod override."""
+    """The node pod as the Trainer assembles it: trainer fields + the pod override or patch."""
     trainer = job["spec"]["trainer"]
-    (override,) = job["spec"]["podTemplateOverrides"]
+    override = trainjob_pod_override(job)
     (mounts,) = override["spec"]["containers"]
     spec = {k: v for k, v in override["spec"].items() if k != "containers"}
     spec["containers"] = [
@@ -131,24 +152,12 @@ def assert_credentials_from_secrets(template: dict[str, Any]) -> None:
         assert "value" not in e, f"literal env {e['name']} in a training pod"
 
 
-# --------------------------------------------------------------------------- templates
-
-
-@pytest.mark.parametrize("name", ["trainjob.yaml", "pytorchjob.yaml"])
-def test_package_templates_equal_k8s_training(name: str) -> None:
-    shipped = (PACKAGE_TEMPLATES / name).read_bytes()
-    source = (ROOT / "k8s/training" / name).read_bytes()
-    assert shipped == source, (
-        f"components/fashion_attr/k8s_templates/{name} differs from k8s/training/{name}. "
-        f"Fix: cp k8s/training/{name} components/fashion_attr/k8s_templates/"
-    )
-
-
 # --------------------------------------------------------------------------- rendering
 
 
-def test_trainjob_for_two_nodes_of_four_gpus() -> None:
-    job = render("trainjob")
+@pytest.mark.parametrize("release", RELEASES)
+def test_trainjob_for_two_nodes_of_four_gpus(release: str) -> None:
+    job = render("trainjob", trainer_release=release)
     assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
     assert job["metadata"]["name"] == "fa-train-classifier-0123456789abcdef"
     assert job["metadata"]["namespace"] == NS
@@ -156,7 +165,14 @@ def test_trainjob_for_two_nodes_of_four_gpus() -> None:
     assert labels["app.kubernetes.io/part-of"] == "fashion-attr-pipeline"
     assert labels["app.kubernetes.io/name"] == "fashion-attr-train-classifier"
     assert labels["app.kubernetes.io/instance"] == "fa-train-classifier-0123456789abcdef"
-    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+        "name": "torch-distributed",
+    }
+    # v2.1 has the pod settings in podTemplateOverrides; v2.2 removed it for runtimePatches
+    field = "podTemplateOverrides" if release == "2.1" else "runtimePatches"
+    assert field in job["spec"]
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == 2
     assert trainer["command"] == ["torchrun"]
@@ -171,6 +187,12 @@ def test_trainjob_for_two_nodes_of_four_gpus() -> None:
         *STEP_ARGS,
     ]
     assert not any(e["name"].startswith("PET_") for e in trainer["env"])  # webhook rejects them
+    env = {e["name"]: e["valueFrom"] for e in trainer["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == {
+        "configMapKeyRef": {"name": "pipeline-config", "key": "MLFLOW_TRACKING_URI"}
+    }
+    assert env["AWS_ENDPOINT_URL"]["configMapKeyRef"]["optional"] is True  # minio overlay only
+    assert trainer["resourcesPerNode"]["limits"]["memory"] == "64Gi"
     (pod,) = pod_templates(job).values()
     assert_gpu_pod(pod, 4, "TrainJob")
     assert_credentials_from_secrets(pod)
@@ -203,12 +225,27 @@ def test_pytorchjob_for_two_nodes_of_four_gpus() -> None:
             "fashion_attr.steps.train_classifier",
             *STEP_ARGS,
         ]
-        # the template's lock-down survives rendering
+        # locked down like every pod of k8s/
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert pod["spec"]["automountServiceAccountToken"] is False
+        assert container["ports"] == [
+            {"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}
+        ]
+        assert [e["configMapRef"]["name"] for e in container["envFrom"]] == [
+            "pipeline-config",
+            "object-store-config",
+        ]
+        assert replicas[role]["restartPolicy"] == "OnFailure"
         assert_gpu_pod(pod, 4, role)
         assert_credentials_from_secrets(pod)
         assert_valid_pod(pod, f"PyTorchJob {role}")
+    assert job["spec"]["runPolicy"] == {
+        "cleanPodPolicy": "None",
+        "backoffLimit": 3,
+        "ttlSecondsAfterFinished": 86400,
+    }
 
 
 def test_node_counts_map_to_replicas() -> None:
@@ -219,9 +256,11 @@ def test_node_counts_map_to_replicas() -> None:
     assert render("trainjob", nodes=5, gpus=8)["spec"]["trainer"]["numNodes"] == 5
 
 
-def test_gan_step_and_custom_placement() -> None:
+@pytest.mark.parametrize("release", RELEASES)
+def test_gan_step_and_custom_placement(release: str) -> None:
     job = render(
         "trainjob",
+        trainer_release=release,
         step="train_gan",
         args=["--data", "d", "--out", "o"],
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
@@ -235,7 +274,7 @@ def test_gan_step_and_custom_placement() -> None:
         "o",
     ]
     assert job["metadata"]["labels"]["app.kubernetes.io/name"] == "fashion-attr-train-gan"
-    spec = job["spec"]["podTemplateOverrides"][0]["spec"]
+    spec = trainjob_pod_override(job)["spec"]
     assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert spec["serviceAccountName"] == "trainer-sa"
     no_selector = render("pytorchjob", node_selector={})
@@ -243,6 +282,7 @@ def test_gan_step_and_custom_placement() -> None:
         "nodeSelector"
         not in no_selector["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     )
+    assert "nodeSelector" not in trainjob_pod_override(render("trainjob", node_selector={}))["spec"]
 
 
 def test_dollar_signs_in_args_stay_literal() -> None:
@@ -258,6 +298,8 @@ def test_rendering_does_not_change_the_next_render() -> None:
     second = render("trainjob")
     assert first["spec"]["trainer"]["numNodes"] == 4
     assert second["spec"]["trainer"]["numNodes"] == 2
+    trainjob_pod_override(first)["metadata"]["labels"]["x"] = "y"
+    assert "x" not in trainjob_pod_override(render("trainjob"))["metadata"]["labels"]
 
 
 @pytest.mark.parametrize(
@@ -275,8 +317,10 @@ def test_rendering_does_not_change_the_next_render() -> None:
         ({"image": ""}, "image ''"),
         ({"step": "evaluate"}, "step 'evaluate'"),
         ({"args": "--data x"}, "list of strings"),
-        ({"args": ["--config", "/tmp/c.yaml"]}, "--set key=value"),
-        ({"args": ["--config=/tmp/c.yaml"]}, "--config=/tmp/c.yaml"),
+        ({"args": ["--config", "/tmp/c.yaml"]}, "object storage"),
+        ({"trainer_release": "2.0"}, "Trainer v2.0 is not supported"),
+        ({"trainer_release": "2.4"}, "trainer_release '2.4' is not supported"),
+        ({"args": ["--set", "a=b"] * 62}, "at most 128 args"),
     ],
 )
 def test_bad_inputs_raise_value_error(change: dict[str, Any], fragment: str) -> None:
@@ -289,6 +333,34 @@ def test_bad_inputs_raise_value_error(change: dict[str, Any], fragment: str) -> 
 def test_bad_kind_raises_value_error() -> None:
     with pytest.raises(ValueError, match="kind 'mpijob'"):
         render("mpijob")
+
+
+def test_v2_1_override_keeps_to_the_v2_1_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The v2.1 envelope takes the pinned (v2.3) models' pod patch: a field v2.1 lacks fails.
+    monkeypatch.setattr(launch, "_V21_POD_FIELDS", launch._V21_POD_FIELDS - {"volumes"})
+    with pytest.raises(ValueError, match=r"no field\(s\) \['volumes'\]"):
+        render("trainjob", trainer_release="2.1")
+    monkeypatch.setattr(launch, "_V21_CONTAINER_FIELDS", frozenset({"name"}))
+    monkeypatch.setattr(launch, "_V21_POD_FIELDS", launch._V21_POD_FIELDS | {"volumes"})
+    with pytest.raises(ValueError, match=r"\['containers\[\]\.volumeMounts'\]"):
+        render("trainjob", trainer_release="2.1")
+    assert "runtimePatches" in render("trainjob", trainer_release="2.3")["spec"]
+
+
+def test_config_from_object_storage_is_passed() -> None:
+    args = ["--data", "d", "--out", "s3://b/o", "--config", "s3://b/o/step_config.yaml"]
+    assert render("trainjob", args=args)["spec"]["trainer"]["args"][-6:] == args
+
+
+def test_arg_limit_is_the_trainer_v2_2_one() -> None:
+    many = ["--set", "a=b"] * 62  # 124 + torchrun's 6 > 128
+    assert (
+        len(render("trainjob", args=many, trainer_release="2.1")["spec"]["trainer"]["args"]) == 130
+    )
+    assert render("pytorchjob", args=many)["kind"] == "PyTorchJob"
+    assert render("trainjob", args=many[:-2], trainer_release="2.3")["kind"] == "TrainJob"
+    # a release is only needed for a TrainJob
+    assert render("pytorchjob", trainer_release="2.0")["kind"] == "PyTorchJob"
 
 
 def test_job_name_for_is_deterministic_and_valid() -> None:
@@ -313,27 +385,61 @@ def test_job_name_for_is_deterministic_and_valid() -> None:
 # --------------------------------------------------------------------------- waiting
 
 
-def api_error(status: int) -> ApiException:
-    return ApiException(status=status, reason={404: "Not Found", 409: "Conflict"}.get(status, "x"))
+def api_error(status: int, message: str = "") -> ApiException:
+    err = ApiException(status=status, reason={404: "Not Found", 409: "Conflict"}.get(status, "x"))
+    if message:
+        err.body = json.dumps({"kind": "Status", "message": message, "code": status})
+    return err
+
+
+def load_crd(tag: str) -> dict[str, Any]:
+    return json.loads((TRAINER_CRDS / f"trainjobs-{tag}.json").read_text())
 
 
 class FakeCustomObjects:
     """Plays the API server and the controller: each read advances the job's status."""
 
-    def __init__(self, statuses: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, statuses: list[dict[str, Any]] | None = None, crd: dict[str, Any] | None = None
+    ) -> None:
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.statuses = list(statuses or [])
         self.calls: list[tuple[str, str]] = []
         self.read_errors: list[Exception] = []
         self.create_error: Exception | None = None
+        self.create_kwargs: list[dict[str, Any]] = []
+        self.crds = {"trainjobs.trainer.kubeflow.org": crd} if crd is not None else {}
+        self.crd_errors: list[Exception] = []
 
     def _key(self, group: str, namespace: str, plural: str, name: str) -> tuple[str, ...]:
         return (group, namespace, plural, name)
 
+    def get_cluster_custom_object(
+        self, group: str, version: str, plural: str, name: str
+    ) -> dict[str, Any]:
+        assert (group, version, plural) == (
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+        )
+        self.calls.append(("get-crd", name))
+        if self.crd_errors:
+            raise self.crd_errors.pop(0)
+        if name not in self.crds:
+            raise api_error(404)
+        return copy.deepcopy(self.crds[name])
+
     def create_namespaced_custom_object(
-        self, group: str, version: str, namespace: str, plural: str, body: dict[str, Any]
+        self,
+        group: str,
+        version: str,
+        namespace: str,
+        plural: str,
+        body: dict[str, Any],
+        **kw: Any,
     ) -> dict[str, Any]:
         self.calls.append(("create", body["metadata"]["name"]))
+        self.create_kwargs.append(kw)
         if self.create_error is not None:
             raise self.create_error
         key = self._key(group, namespace, plural, body["metadata"]["name"])
@@ -396,6 +502,8 @@ def test_trainjob_created_once_then_attached() -> None:
         logs_command=result.logs_command,
     )
     assert api.count("create") == 1
+    # the API server rejects what the CRD does not declare instead of dropping it
+    assert api.create_kwargs == [{"field_validation": "Strict"}]
     assert "jobset.sigs.k8s.io/jobset-name=fa-train-classifier-0123456789abcdef" in (
         result.logs_command
     )
@@ -501,6 +609,53 @@ def test_missing_crd_names_the_operator() -> None:
         launch_and_wait(render("pytorchjob"), api=api, poll_s=0.001, timeout_s=5)
 
 
+def test_strictly_rejected_field_is_explained() -> None:
+    # What a Trainer v2.3 API server answers a v2.1 TrainJob under fieldValidation=Strict.
+    api = FakeCustomObjects()
+    api.create_error = api_error(
+        400, ".spec.podTemplateOverrides: field not declared in schema (strict decoding error)"
+    )
+    job = render("trainjob", trainer_release="2.1")
+    with pytest.raises(RuntimeError) as info:
+        launch_and_wait(job, api=api, poll_s=0.001, timeout_s=5)
+    text = str(info.value)
+    assert "rejected TrainJob fashion-attr/fa-train-classifier-0123456789abcdef" in text
+    assert ".spec.podTemplateOverrides: field not declared in schema" in text
+    assert "FA_TRAINER_RELEASE" in text
+    api.create_error = api_error(422, "spec.pytorchReplicaSpecs.Worker.replicas: Invalid value")
+    with pytest.raises(RuntimeError, match=r"Training Operator v1\.7, v1\.8 or v1\.9"):
+        launch_and_wait(render("pytorchjob"), api=api, poll_s=0.001, timeout_s=5)
+    api.create_error = api_error(500)  # not the job's fault: the ApiException itself
+    with pytest.raises(ApiException):
+        launch_and_wait(render("pytorchjob"), api=api, poll_s=0.001, timeout_s=5)
+
+
+def test_installed_kubernetes_client_sends_strict_field_validation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The real CustomObjectsApi (not a fake) takes the keyword and puts it in the query.
+    api_client = k8s_client.ApiClient()
+    sent: dict[str, Any] = {}
+
+    def call_api(*args: Any, **kw: Any) -> dict[str, Any]:
+        path, method, _path_params, query = args[:4]
+        sent.update(path=path, method=method, query=dict(query), body=kw["body"])
+        return {}
+
+    monkeypatch.setattr(api_client, "call_api", call_api)
+    api = k8s_client.CustomObjectsApi(api_client)
+    job = render("trainjob")
+    api.create_namespaced_custom_object(
+        "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", job, field_validation="Strict"
+    )
+    assert (sent["path"], sent["method"]) == (
+        "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
+        "POST",
+    )
+    assert sent["query"] == {"fieldValidation": "Strict"}
+    assert sent["body"] == job
+
+
 def test_transient_read_errors_are_retried_others_raise() -> None:
     job = render("trainjob")
     api = FakeCustomObjects([RUNNING, cond("Complete")])
@@ -585,24 +740,160 @@ def test_failure_copies_pod_log_tails(caplog: pytest.LogCaptureFixture) -> None:
     assert "loss is NaN" in caplog.text and "fa-node-0-0-abcde" in caplog.text
 
 
-def test_run_step_on_cluster_names_the_job_from_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FA_NAMESPACE", "team-a")
-    api = FakeCustomObjects([cond("Complete")])
-    result = launch.run_step_on_cluster(
+def run_gan(api: FakeCustomObjects, kind: str = "trainjob") -> JobResult:
+    return launch.run_step_on_cluster(
         "train_gan",
-        ["--data", "d", "--out", "s3://b/runs/gan/fedcba9876543210"],
+        ["--data", "d", "--out", "s3://b/runs/gan/fedcba9876543210", "--config", "s3://b/c.yaml"],
         key="fedcba9876543210",
         nodes=2,
         gpus_per_node=8,
         image=IMAGE,
-        kind="trainjob",
+        kind=kind,  # type: ignore[arg-type]
         api=api,
         poll_s=0.001,
         timeout_s=5,
     )
+
+
+@pytest.fixture
+def no_release_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FA_TRAINER_RELEASE", raising=False)
+
+
+def test_run_step_on_cluster_names_the_job_from_the_key(
+    monkeypatch: pytest.MonkeyPatch, no_release_env: None
+) -> None:
+    monkeypatch.setenv("FA_NAMESPACE", "team-a")
+    api = FakeCustomObjects([cond("Complete")], crd=load_crd("v2.3.0"))
+    result = run_gan(api)
     assert (result.name, result.namespace) == ("fa-train-gan-fedcba9876543210", "team-a")
     (stored,) = api.objects.values()
     assert stored["spec"]["trainer"]["args"][:4] == ["--nnodes", "2", "--nproc_per_node", "8"]
+    assert "runtimePatches" in stored["spec"]
+    assert api.create_kwargs == [{"field_validation": "Strict"}]
+
+
+@pytest.mark.parametrize(
+    ("tag", "release", "field"),
+    [
+        ("v2.1.0", "2.1", "podTemplateOverrides"),
+        ("v2.2.1", "2.2", "runtimePatches"),
+        ("v2.3.0", "2.3", "runtimePatches"),
+    ],
+)
+def test_trainer_release_is_read_from_the_crd(
+    tag: str, release: str, field: str, no_release_env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    crd = load_crd(tag)
+    assert launch.trainer_release_from_crd(crd) == release
+    api = FakeCustomObjects([cond("Complete")], crd=crd)
+    with caplog.at_level(logging.INFO, logger="fashion_attr.launch"):
+        run_gan(api)
+    assert api.calls[0] == ("get-crd", "trainjobs.trainer.kubeflow.org")
+    (stored,) = api.objects.values()
+    assert field in stored["spec"]
+    assert f"Kubeflow Trainer v{release} TrainJob API (spec.{field})" in caplog.text
+
+
+def test_crd_is_read_through_the_real_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    # get_cluster_custom_object on apiextensions.k8s.io/v1: the CRD as plain JSON.
+    api_client = k8s_client.ApiClient()
+    sent: dict[str, Any] = {}
+
+    def call_api(*args: Any, **kw: Any) -> dict[str, Any]:
+        sent.update(path=args[0], method=args[1], params=dict(args[2]))
+        return load_crd("v2.2.1")
+
+    monkeypatch.setattr(api_client, "call_api", call_api)
+    assert launch.detect_trainer_release(k8s_client.CustomObjectsApi(api_client)) == "2.2"
+    assert (sent["path"], sent["method"]) == ("/apis/{group}/{version}/{plural}/{name}", "GET")
+    assert sent["params"] == {
+        "group": "apiextensions.k8s.io",
+        "version": "v1",
+        "plural": "customresourcedefinitions",
+        "name": "trainjobs.trainer.kubeflow.org",
+    }
+
+
+def test_trainer_v2_0_is_refused(no_release_env: None) -> None:
+    crd = load_crd("v2.0.1")
+    with pytest.raises(RuntimeError, match=r"Trainer v2\.0 is not supported.*cannot label"):
+        launch.trainer_release_from_crd(crd)
+    api = FakeCustomObjects(crd=crd)
+    with pytest.raises(RuntimeError, match="NetworkPolicies training-peers and pipeline-egress"):
+        run_gan(api)
+    assert api.count("create") == 0
+
+
+def test_missing_trainer_crd_says_install_or_use_pytorchjob(no_release_env: None) -> None:
+    api = FakeCustomObjects()
+    with pytest.raises(RuntimeError) as info:
+        run_gan(api)
+    text = str(info.value)
+    assert "Kubeflow Trainer is not installed" in text and "trainjobs.trainer.kubeflow.org" in text
+    assert "train_job_kind=pytorchjob" in text
+    assert api.count("create") == 0
+
+
+def test_unreadable_trainer_crd_names_the_rbac_or_the_variable(no_release_env: None) -> None:
+    api = FakeCustomObjects(crd=load_crd("v2.3.0"))
+    api.crd_errors = [api_error(403)]
+    with pytest.raises(RuntimeError) as info:
+        run_gan(api)
+    text = str(info.value)
+    assert "ClusterRole with verb get on apiextensions.k8s.io customresourcedefinitions" in text
+    assert "resourceNames: trainjobs.trainer.kubeflow.org" in text
+    assert "pipeline-runner" in text and "FA_TRAINER_RELEASE" in text
+    api.crd_errors = [api_error(503), api_error(429)]  # transient: retried
+    api.statuses = [cond("Complete")]
+    assert run_gan(api).created is True
+
+
+def test_unknown_trainjob_api_is_refused(no_release_env: None) -> None:
+    crd = load_crd("v2.3.0")
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["runtimePatches"]
+    with pytest.raises(RuntimeError, match=r"none of runtimePatches.*'runtimeRef'"):
+        launch.trainer_release_from_crd(crd)
+    crd["spec"]["versions"][0]["name"] = "v1beta1"
+    with pytest.raises(RuntimeError, match=r"does not serve trainer.kubeflow.org/v1alpha1"):
+        launch.trainer_release_from_crd(crd)
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [("2.1", "podTemplateOverrides"), ("v2.2.1", "runtimePatches"), (" 2.3.0 ", "runtimePatches")],
+)
+def test_trainer_release_from_the_environment_skips_the_crd(
+    value: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FA_TRAINER_RELEASE", value)
+    api = FakeCustomObjects([cond("Complete")])  # no CRD: it is not read
+    run_gan(api)
+    assert api.count("get-crd") == 0
+    (stored,) = api.objects.values()
+    assert field in stored["spec"]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("2.0", "Trainer v2.0 is not supported"), ("v2.4.0", "'2.4' is not supported"), ("x", "'x'")],
+)
+def test_bad_trainer_release_variable(
+    value: str, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FA_TRAINER_RELEASE", value)
+    api = FakeCustomObjects()
+    with pytest.raises(ValueError, match=re.escape(fragment)) as info:
+        run_gan(api)
+    assert str(info.value).startswith(f"FA_TRAINER_RELEASE={value!r}")
+    assert api.calls == []
+
+
+def test_pytorchjob_needs_no_trainer_release(no_release_env: None) -> None:
+    api = FakeCustomObjects([cond("Succeeded")])
+    assert run_gan(api, kind="pytorchjob").condition == "Succeeded"
+    assert api.count("get-crd") == 0
 
 
 def test_no_cluster_configuration_is_explained(

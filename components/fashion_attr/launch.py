@@ -1,82 +1,181 @@
 """Run a training step over several GPU nodes as a Kubeflow TrainJob or PyTorchJob.
 
-The single-node path (``steps.pipeline_entry._run_step``) runs a step in the
+The single-node path (:func:`fashion_attr.steps.executor.execute`) runs a step in the
 KFP pod itself, under ``torchrun`` over the node's GPUs. For more nodes, the
-KFP pod becomes a launcher: it fills in one of the templates shipped in
-``fashion_attr/k8s_templates`` (exact copies of ``k8s/training/*.yaml``),
-submits it with the Kubernetes API, waits until it is terminal and reports the
-outcome. Two APIs are supported:
+KFP pod becomes a launcher: it builds the job with the upstream API models, submits it
+with the Kubernetes API, waits until it is terminal and reports the outcome. Two APIs
+are supported:
 
-- ``trainjob``: Kubeflow Trainer v2 (``trainer.kubeflow.org/v1alpha1``
-  TrainJob, runtime ``torch-distributed``). The runtime's torch plugin sets
-  ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT`` on every node,
-  which ``torchrun`` reads as defaults for its flags.
-- ``pytorchjob``: Kubeflow Training Operator v1 (``kubeflow.org/v1``
-  PyTorchJob, Master + ``nodes - 1`` Workers). The operator sets
-  ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` (pods) and ``RANK`` (the
-  pod's index, Master 0); Kubernetes expands ``$(RANK)`` etc. in the args.
+- ``trainjob``: Kubeflow Trainer v2 (``trainer.kubeflow.org/v1alpha1`` TrainJob,
+  runtime ``torch-distributed``), built with the ``kubeflow-trainer-api`` models. The
+  runtime's torch plugin sets ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and
+  ``PET_MASTER_PORT`` on every node, which ``torchrun`` reads as defaults for its flags.
+- ``pytorchjob``: Kubeflow Training Operator v1 (``kubeflow.org/v1`` PyTorchJob, Master +
+  ``nodes - 1`` Workers), built with the ``kubeflow-training`` models (their pod template
+  is the ``kubernetes`` client's ``V1PodTemplateSpec``). The operator sets
+  ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` (pods) and ``RANK`` (the pod's index,
+  Master 0); Kubernetes expands ``$(RANK)`` etc. in the args.
 
 Both get explicit ``--nnodes N --nproc_per_node G`` so the process layout never
 depends on what a runtime infers from the resources.
+
+Supported releases:
+
+- Kubeflow Trainer v2.1.x: the per-pod settings (the pods' labels, ServiceAccount, GPU
+  node selector and toleration, memory-backed ``/dev/shm``) go in
+  ``spec.podTemplateOverrides``.
+- Kubeflow Trainer v2.2.x and v2.3.x: they go in ``spec.runtimePatches`` (one entry,
+  manager ``fashion-attr.io/launcher``); v2.2 removed ``podTemplateOverrides``.
+- Kubeflow Trainer v2.0.x is refused: its ``spec.podSpecOverrides`` has no pod metadata,
+  so the pods could not carry the labels the NetworkPolicies (``training-peers``,
+  ``pipeline-egress``) select.
+- Kubeflow Training Operator v1.7.x to v1.9.x: PyTorchJob (the same API in the three).
+
+The models are pinned in the ``pipeline`` extra (``kubeflow-trainer-api==2.3.0``,
+``kubeflow-training==1.9.4``). The v2.2/v2.3 TrainJob is made of the pinned models only;
+the v2.1 one takes its ``podTemplateOverrides`` entry from the same models' pod metadata
+and ``PodSpecPatch`` (whose fields used here are those of v2.1's
+``PodTemplateSpecOverride``); tests/test_training_job_models.py passes each rendered job
+through the models of its own release and through the release CRDs' schemas.
+
+:func:`run_step_on_cluster` picks the Trainer release: ``FA_TRAINER_RELEASE`` (``2.1``,
+``2.2`` or ``2.3``) if set, else the schema of the CRD ``trainjobs.trainer.kubeflow.org``
+(which needs ``get`` on that ``customresourcedefinitions`` object, a cluster-scoped
+permission). Jobs are created with ``fieldValidation=Strict``: the API server rejects a
+job with a field its CRD does not declare instead of silently dropping it.
 
 Job names are derived from the step and its output key (``job_name_for``), so
 a KFP pod retried after preemption finds the job its predecessor submitted and
 attaches to it instead of starting a second copy. The step writes checkpoints
 under its output URI, so a job that is re-created (after a failure) resumes.
 
-Departures from the templates' comments and ``k8s/README.md``: the step
-configuration travels as the step's own CLI flags (``--preset``, ``--set``),
-not as a ConfigMap: the renderer removes the ``train-config`` volume and
-mount, so no shared ConfigMap can be overwritten by a concurrent run and
-nothing is left to clean up.
+The step configuration travels as the step's own CLI flags (``--config s3://...``,
+``--preset``, ``--set``), never as a ConfigMap: no shared ConfigMap can be overwritten by
+a concurrent run and nothing is left to clean up. ``k8s/training/*.yaml`` are examples
+rendered by ``scripts/render_training_jobs.py``; the launcher does not read them.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any, Literal
-
-import yaml
+from typing import Any, Literal, cast
 
 __all__ = [
     "DEFAULT_NODE_SELECTOR",
+    "TRAINER_RELEASES",
     "TRAINING_SERVICE_ACCOUNT",
     "JobResult",
+    "detect_trainer_release",
     "in_cluster_namespace",
     "job_name_for",
     "launch_and_wait",
     "render_job",
     "run_step_on_cluster",
+    "trainer_release_from_crd",
 ]
 
 logger = logging.getLogger(__name__)
 
 JobKind = Literal["trainjob", "pytorchjob"]
 Step = Literal["train_gan", "train_classifier"]
+TrainerRelease = Literal["2.1", "2.2", "2.3"]
 
 STEPS: tuple[str, ...] = ("train_gan", "train_classifier")
 KINDS: tuple[str, ...] = ("trainjob", "pytorchjob")
+#: Kubeflow Trainer releases whose TrainJob API the launcher writes (major.minor).
+TRAINER_RELEASES: tuple[str, ...] = ("2.1", "2.2", "2.3")
+#: The TrainJob field that carries the per-pod settings, per supported Trainer release.
+TRAINER_POD_FIELD: dict[str, str] = {
+    "2.1": "podTemplateOverrides",
+    "2.2": "runtimePatches",
+    "2.3": "runtimePatches",
+}
+#: Environment variable that names the cluster's Trainer release (skips the CRD lookup).
+TRAINER_RELEASE_ENV = "FA_TRAINER_RELEASE"
+TRAINJOB_CRD = "trainjobs.trainer.kubeflow.org"
 #: The GPU pool of k8s/README.md ("GPU node pool").
 DEFAULT_NODE_SELECTOR: dict[str, str] = {"node-pool": "gpu"}
 #: Training pods' ServiceAccount (k8s/base/serviceaccounts.yaml): no API token, no RBAC.
 TRAINING_SERVICE_ACCOUNT = "fashion-attr-training"
 PART_OF = {"app.kubernetes.io/part-of": "fashion-attr-pipeline"}
+#: Labels of every training pod: the NetworkPolicies training-peers and pipeline-egress.
+POD_LABELS = {**PART_OF, "app.kubernetes.io/component": "training"}
 #: Longest accepted job name. Pod and Service names append ``-node-0-<i>`` (TrainJob) or
 #: ``-worker-<i>`` (PyTorchJob) and must stay DNS labels (<= 63 characters).
 MAX_NAME_LENGTH = 45
+#: ``trainer.args`` items a Trainer v2.2+ TrainJob may have (CRD ``maxItems``).
+MAX_TRAINER_ARGS = 128
 # RFC 1035 label: the TrainJob webhook requires it (stricter than a DNS-1123 label).
 _NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-# The template mounts the step config from this ConfigMap; the launcher passes flags instead.
-_CONFIG_VOLUME = "train-config"
+_RELEASE_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+].*)?")
+
+# What every training pod gets, whatever the API.
+_GPU = "nvidia.com/gpu"
+_CPU_MEMORY = {
+    "requests": {"cpu": "8", "memory": "48Gi"},
+    "limits": {"cpu": "16", "memory": "64Gi"},
+}
+# DataLoader workers share batches through /dev/shm; the container default is 64 MiB.
+_SHM_VOLUME, _SHM_PATH, _SHM_SIZE = "dshm", "/dev/shm", "16Gi"
+_UID = 10001  # the image's user (docker/Dockerfile)
+# Trainer: runtime torch-distributed has one replicated job "node" whose container is "node".
+_RUNTIME = "torch-distributed"
+_RUNTIME_JOB = "node"
+# Owner of the launcher's runtimePatches entry: a domain-prefixed path (Trainer webhook).
+_PATCH_MANAGER = "fashion-attr.io/launcher"
+# Fields of Trainer v2.1's PodTemplateSpecOverride and ContainerOverride (trainjob_types.go).
+_V21_POD_FIELDS = frozenset(
+    {
+        "serviceAccountName",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "volumes",
+        "initContainers",
+        "containers",
+        "schedulingGates",
+        "imagePullSecrets",
+    }
+)
+_V21_CONTAINER_FIELDS = frozenset({"name", "env", "volumeMounts"})
+# Training Operator: the container it looks for, and its default rendezvous port.
+_PYTORCH_CONTAINER = "pytorch"
+_PYTORCH_PORT = 23456
+# Credentials, from the Secrets of k8s/secrets/ (both kinds).
+_SECRET_ENV: tuple[tuple[str, str], ...] = (
+    ("AWS_ACCESS_KEY_ID", "object-store-credentials"),
+    ("AWS_SECRET_ACCESS_KEY", "object-store-credentials"),
+    ("MLFLOW_TRACKING_USERNAME", "mlflow-credentials"),
+    ("MLFLOW_TRACKING_PASSWORD", "mlflow-credentials"),
+)
+# TrainJob: the Trainer API has no envFrom, so the ConfigMap keys are listed
+# (name, ConfigMap, optional). AWS_ENDPOINT_URL is only set where the object store is not
+# AWS S3 (the minio overlay).
+_CONFIG_ENV: tuple[tuple[str, str, bool], ...] = (
+    ("MLFLOW_TRACKING_URI", "pipeline-config", False),
+    ("MLFLOW_EXPERIMENT_NAME", "pipeline-config", False),
+    ("AWS_DEFAULT_REGION", "object-store-config", False),
+    ("AWS_ENDPOINT_URL", "object-store-config", True),
+)
+# PyTorchJob: every key of these ConfigMaps (envFrom).
+_CONFIG_MAPS = ("pipeline-config", "object-store-config")
+# PyTorchJob: keep finished pods' logs for the launcher to read; delete the job a day later.
+_RUN_POLICY = {"cleanPodPolicy": "None", "backoffLimit": 3, "ttlSecondsAfterFinished": 86400}
+_V20_REFUSAL = (
+    "Kubeflow Trainer v2.0 is not supported: its TrainJob API (spec.podSpecOverrides) cannot "
+    "label the training pods, so the NetworkPolicies training-peers and pipeline-egress "
+    "would cut them off. Fix: upgrade the Trainer to v2.1, v2.2 or v2.3, or run with "
+    "train_job_kind=pytorchjob (Training Operator v1.7-v1.9)"
+)
 
 
 @dataclass(frozen=True)
@@ -144,6 +243,15 @@ class JobResult:
     logs_command: str
 
 
+_REJECTED_FIX = {
+    "trainjob": (
+        f"unset {TRAINER_RELEASE_ENV} so that the launcher reads the release from the CRD, or "
+        "set it to the installed one (2.1, 2.2 or 2.3); releases after v2.3 whose TrainJob "
+        "API changed are not supported yet"
+    ),
+    "pytorchjob": "run Training Operator v1.7, v1.8 or v1.9",
+}
+
 # --------------------------------------------------------------------------- naming
 
 
@@ -153,7 +261,7 @@ def job_name_for(step: str, key: str) -> str:
     Args:
         step: ``train_gan`` or ``train_classifier``.
         key: The step's output key: the last path part of its output URI (16 hex digits in
-            ``pipeline_entry``); any other string is hashed.
+            the KFP adapter); any other string is hashed.
 
     Returns:
         ``fa-<step>-<key>``, e.g. ``fa-train-classifier-0123456789abcdef``: an RFC 1035 label
@@ -176,14 +284,19 @@ def _digest(text: str) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def _template(kind: str) -> dict[str, Any]:
-    text = resources.files("fashion_attr").joinpath("k8s_templates", f"{kind}.yaml").read_text()
-    return yaml.safe_load(text)
-
-
 def _check_step(step: str) -> None:
     if step not in STEPS:
         raise ValueError(f"step {step!r} is not a training step. Fix: use one of {list(STEPS)}")
+
+
+def _check_release(release: str) -> None:
+    if release == "2.0":
+        raise ValueError(_V20_REFUSAL)
+    if release not in TRAINER_RELEASES:
+        raise ValueError(
+            f"trainer_release {release!r} is not supported. Fix: use one of "
+            f"{list(TRAINER_RELEASES)} (Kubeflow Trainer v2.1.x, v2.2.x, v2.3.x)"
+        )
 
 
 def _check_inputs(
@@ -197,10 +310,13 @@ def _check_inputs(
     name: str,
     node_selector: Mapping[str, str],
     service_account: str,
+    trainer_release: str,
 ) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is unknown. Fix: use one of {list(KINDS)}")
     _check_step(step)
+    if kind == "trainjob":
+        _check_release(trainer_release)
     for field, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{field}={value!r} must be an integer >= 1")
@@ -218,15 +334,23 @@ def _check_inputs(
         raise ValueError(f"service_account {service_account!r} is not a valid ServiceAccount name")
     if isinstance(args, str) or not all(isinstance(a, str) for a in args):
         raise ValueError(f"args must be a list of strings (the step's CLI flags), got {args!r}")
-    for arg in args:
-        if arg == "--config" or arg.startswith("--config="):
+    for flag, value in zip(args, [*args[1:], ""], strict=True):
+        if flag == "--config" and not value.startswith("s3://"):
             raise ValueError(
-                f"args contain {arg!r}: a local config file does not exist in the training "
-                "pods. Fix: pass the configuration as --preset and --set key=value"
+                f"args pass --config {value!r}: a local file does not exist in the training "
+                "pods. Fix: write the config to object storage (s3://...) or pass --preset "
+                "and --set key=value"
             )
     for key, value in node_selector.items():
         if not isinstance(key, str) or not isinstance(value, str) or not key:
             raise ValueError(f"node_selector entry {key!r}: {value!r} must map strings to strings")
+    # torchrun's own flags: --nnodes N --nproc_per_node G -m MODULE
+    if kind == "trainjob" and trainer_release != "2.1" and len(args) + 6 > MAX_TRAINER_ARGS:
+        raise ValueError(
+            f"{len(args)} step args: a Trainer v{trainer_release} TrainJob takes at most "
+            f"{MAX_TRAINER_ARGS} args, torchrun's 6 included. Fix: move settings into the "
+            "config file (--config s3://...)"
+        )
 
 
 def _escape(arg: str) -> str:
@@ -249,26 +373,237 @@ def _torchrun_args(
     ]
 
 
-def _set_gpus(resources_: dict[str, Any], gpus: int) -> None:
-    # Extended resources: requests must equal limits.
-    for part in ("requests", "limits"):
-        resources_.setdefault(part, {})["nvidia.com/gpu"] = str(gpus)
+def _resources(gpus: int) -> dict[str, dict[str, str]]:
+    """CPU, memory and GPUs of one training pod; GPU requests equal limits (extended resource)."""
+    return {part: {**amounts, _GPU: str(gpus)} for part, amounts in _CPU_MEMORY.items()}
 
 
-def _drop_config_volume(spec: dict[str, Any]) -> None:
-    spec["volumes"] = [v for v in spec.get("volumes", []) if v.get("name") != _CONFIG_VOLUME]
-    for container in spec.get("containers", []):
-        mounts = [m for m in container.get("volumeMounts", []) if m.get("name") != _CONFIG_VOLUME]
-        container["volumeMounts"] = mounts
+def _trainjob(
+    release: str,
+    *,
+    metadata: Mapping[str, Any],
+    trainer_args: list[str],
+    nodes: int,
+    gpus: int,
+    image: str,
+    node_selector: Mapping[str, str],
+    service_account: str,
+) -> dict[str, Any]:
+    """A TrainJob for Trainer ``release``, made of ``kubeflow_trainer_api`` models."""
+    from kubeflow_trainer_api import models as m
+
+    def quantities(amounts: Mapping[str, str]) -> dict[str, Any]:
+        return {k: m.IoK8sApimachineryPkgApiResourceQuantity(v) for k, v in amounts.items()}
+
+    env = [
+        m.IoK8sApiCoreV1EnvVar(
+            name=var,
+            value_from=m.IoK8sApiCoreV1EnvVarSource(
+                config_map_key_ref=m.IoK8sApiCoreV1ConfigMapKeySelector(
+                    name=config_map, key=var, optional=True if optional else None
+                )
+            ),
+        )
+        for var, config_map, optional in _CONFIG_ENV
+    ] + [
+        m.IoK8sApiCoreV1EnvVar(
+            name=var,
+            value_from=m.IoK8sApiCoreV1EnvVarSource(
+                secret_key_ref=m.IoK8sApiCoreV1SecretKeySelector(name=secret, key=var)
+            ),
+        )
+        for var, secret in _SECRET_ENV
+    ]
+    resources = {part: quantities(amounts) for part, amounts in _resources(gpus).items()}
+    trainer = m.TrainerV1alpha1Trainer(
+        image=image,
+        command=["torchrun"],
+        # Node rank, master address and port: PET_* from the torch-distributed runtime.
+        args=trainer_args,
+        num_nodes=nodes,
+        resources_per_node=m.IoK8sApiCoreV1ResourceRequirements(**resources),
+        env=env,
+    )
+    # The per-pod settings. Trainer v2.2+ merges them (strategic merge) into the runtime's
+    # pod template; v2.1 takes the same fields in its PodTemplateSpecOverride.
+    pod_metadata = m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=dict(POD_LABELS))
+    pod_spec = m.TrainerV1alpha1PodSpecPatch(
+        service_account_name=service_account,
+        node_selector=dict(node_selector) or None,
+        tolerations=[m.IoK8sApiCoreV1Toleration(key=_GPU, operator="Exists", effect="NoSchedule")],
+        volumes=[
+            m.IoK8sApiCoreV1Volume(
+                name=_SHM_VOLUME,
+                empty_dir=m.IoK8sApiCoreV1EmptyDirVolumeSource(
+                    medium="Memory", size_limit=m.IoK8sApimachineryPkgApiResourceQuantity(_SHM_SIZE)
+                ),
+            )
+        ],
+        containers=[
+            m.TrainerV1alpha1ContainerPatch(
+                name=_RUNTIME_JOB,
+                volume_mounts=[m.IoK8sApiCoreV1VolumeMount(name=_SHM_VOLUME, mount_path=_SHM_PATH)],
+            )
+        ],
+    )
+    runtime_patches = None
+    if TRAINER_POD_FIELD[release] == "runtimePatches":
+        pod_patch = m.TrainerV1alpha1PodTemplatePatch(metadata=pod_metadata, spec=pod_spec)
+        job_patch = m.TrainerV1alpha1ReplicatedJobPatch(
+            name=_RUNTIME_JOB,
+            template=m.TrainerV1alpha1JobTemplatePatch(
+                spec=m.TrainerV1alpha1JobSpecPatch(template=pod_patch)
+            ),
+        )
+        runtime_patches = [
+            m.TrainerV1alpha1RuntimePatch(
+                manager=_PATCH_MANAGER,
+                training_runtime_spec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(
+                    template=m.TrainerV1alpha1JobSetTemplatePatch(
+                        spec=m.TrainerV1alpha1JobSetSpecPatch(replicated_jobs=[job_patch])
+                    )
+                ),
+            )
+        ]
+    api = _APIS["trainjob"]
+    job = m.TrainerV1alpha1TrainJob(
+        api_version=f"{api.group}/{api.version}",
+        kind=api.kind,
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(**metadata),
+        spec=m.TrainerV1alpha1TrainJobSpec(
+            runtime_ref=m.TrainerV1alpha1RuntimeRef(
+                api_group=api.group, kind="ClusterTrainingRuntime", name=_RUNTIME
+            ),
+            trainer=trainer,
+            runtime_patches=runtime_patches,
+        ),
+    ).to_dict()
+    if TRAINER_POD_FIELD[release] == "podTemplateOverrides":
+        # The pinned models have no PodTemplateOverride (v2.1 only): its envelope is the one
+        # piece written here, around model output restricted to fields v2.1 also has.
+        spec = pod_spec.to_dict()
+        extra = sorted(set(spec) - _V21_POD_FIELDS) + sorted(
+            f"containers[].{key}"
+            for container in spec.get("containers", [])
+            for key in set(container) - _V21_CONTAINER_FIELDS
+        )
+        if extra:
+            raise ValueError(f"Trainer v2.1 pod overrides have no field(s) {extra}")
+        job["spec"]["podTemplateOverrides"] = [
+            {
+                "targetJobs": [{"name": _RUNTIME_JOB}],
+                "metadata": pod_metadata.to_dict(),
+                "spec": spec,
+            }
+        ]
+    return job
 
 
-def _place(spec: dict[str, Any], node_selector: Mapping[str, str], service_account: str) -> None:
-    spec["serviceAccountName"] = service_account
-    if node_selector:
-        spec["nodeSelector"] = dict(node_selector)
-    else:
-        spec.pop("nodeSelector", None)
-    _drop_config_volume(spec)
+def _pytorchjob(
+    *,
+    metadata: Mapping[str, Any],
+    trainer_args: list[str],
+    nodes: int,
+    gpus: int,
+    image: str,
+    node_selector: Mapping[str, str],
+    service_account: str,
+) -> dict[str, Any]:
+    """A PyTorchJob made of ``kubeflow-training`` models (pods: ``kubernetes`` client models)."""
+    from kubeflow.training import models as kt
+    from kubernetes import client as k
+
+    def pod_template() -> Any:
+        # Master and Worker pods are identical on purpose: torchrun's rendezvous makes them peers.
+        container = k.V1Container(
+            name=_PYTORCH_CONTAINER,
+            image=image,
+            image_pull_policy="Always",
+            command=["torchrun"],
+            args=list(trainer_args),
+            ports=[
+                k.V1ContainerPort(
+                    name="pytorchjob-port", container_port=_PYTORCH_PORT, protocol="TCP"
+                )
+            ],
+            env_from=[
+                k.V1EnvFromSource(config_map_ref=k.V1ConfigMapEnvSource(name=name))
+                for name in _CONFIG_MAPS
+            ],
+            env=[
+                k.V1EnvVar(
+                    name=var,
+                    value_from=k.V1EnvVarSource(
+                        secret_key_ref=k.V1SecretKeySelector(name=secret, key=var)
+                    ),
+                )
+                for var, secret in _SECRET_ENV
+            ],
+            resources=k.V1ResourceRequirements(**_resources(gpus)),
+            volume_mounts=[
+                k.V1VolumeMount(name=_SHM_VOLUME, mount_path=_SHM_PATH),
+                k.V1VolumeMount(name="tmp", mount_path="/tmp"),
+                k.V1VolumeMount(name="home", mount_path="/home/app"),
+            ],
+            security_context=k.V1SecurityContext(
+                run_as_non_root=True,
+                run_as_user=_UID,
+                run_as_group=_UID,
+                allow_privilege_escalation=False,
+                read_only_root_filesystem=True,
+                privileged=False,
+                capabilities=k.V1Capabilities(drop=["ALL"]),
+                seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+        )
+        spec = k.V1PodSpec(
+            service_account_name=service_account,
+            automount_service_account_token=False,
+            node_selector=dict(node_selector) or None,
+            tolerations=[k.V1Toleration(key=_GPU, operator="Exists", effect="NoSchedule")],
+            security_context=k.V1PodSecurityContext(
+                run_as_non_root=True,
+                run_as_user=_UID,
+                run_as_group=_UID,
+                fs_group=_UID,
+                seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+            containers=[container],
+            volumes=[
+                k.V1Volume(
+                    name=_SHM_VOLUME,
+                    empty_dir=k.V1EmptyDirVolumeSource(medium="Memory", size_limit=_SHM_SIZE),
+                ),
+                # The root filesystem is read-only: scratch space and a writable home.
+                k.V1Volume(name="tmp", empty_dir=k.V1EmptyDirVolumeSource(size_limit="50Gi")),
+                k.V1Volume(name="home", empty_dir=k.V1EmptyDirVolumeSource(size_limit="1Gi")),
+            ],
+        )
+        return k.V1PodTemplateSpec(metadata=k.V1ObjectMeta(labels=dict(POD_LABELS)), spec=spec)
+
+    def replica(count: int) -> Any:
+        return kt.KubeflowOrgV1ReplicaSpec(
+            replicas=count, restart_policy="OnFailure", template=pod_template()
+        )
+
+    replicas = {"Master": replica(1)}
+    if nodes > 1:
+        replicas["Worker"] = replica(nodes - 1)
+    api = _APIS["pytorchjob"]
+    job = kt.KubeflowOrgV1PyTorchJob(
+        api_version=f"{api.group}/{api.version}",
+        kind=api.kind,
+        metadata=k.V1ObjectMeta(**metadata),
+        spec=kt.KubeflowOrgV1PyTorchJobSpec(
+            run_policy=kt.KubeflowOrgV1RunPolicy(
+                clean_pod_policy=_RUN_POLICY["cleanPodPolicy"],
+                backoff_limit=_RUN_POLICY["backoffLimit"],
+                ttl_seconds_after_finished=_RUN_POLICY["ttlSecondsAfterFinished"],
+            ),
+            pytorch_replica_specs=replicas,
+        ),
+    )
+    return cast(dict[str, Any], k.ApiClient().sanitize_for_serialization(job))
 
 
 def render_job(
@@ -283,18 +618,24 @@ def render_job(
     name: str,
     node_selector: Mapping[str, str] | None = None,
     service_account: str = TRAINING_SERVICE_ACCOUNT,
+    trainer_release: TrainerRelease = "2.3",
 ) -> dict[str, Any]:
-    """Fill in the TrainJob or PyTorchJob template for one training step.
+    """Build the TrainJob or PyTorchJob for one training step with the upstream API models.
 
-    The templates bring everything that does not vary per run: the GPU toleration, the
-    memory-backed ``/dev/shm``, the Secret and ConfigMap environment (object store, MLflow),
-    the container security settings (PyTorchJob) and the NetworkPolicy labels.
+    Every training pod gets: the image, ``torchrun`` with ``--nnodes``/``--nproc_per_node``
+    (and, for a PyTorchJob, the operator's rendezvous variables), the GPUs (requests equal
+    limits) with CPU and memory, the GPU node selector and toleration, a memory-backed
+    ``/dev/shm``, the ServiceAccount, the NetworkPolicy labels, and the object store and
+    MLflow settings from the ConfigMaps and Secrets of ``k8s/``. PyTorchJob pods are also
+    locked down (non-root, read-only root filesystem, no capabilities, no API token); a
+    TrainJob's pod security settings come from its ClusterTrainingRuntime.
 
     Args:
         kind: ``"trainjob"`` (Kubeflow Trainer v2) or ``"pytorchjob"`` (Training Operator v1).
         step: ``"train_gan"`` or ``"train_classifier"``.
-        args: The step's CLI flags, e.g. ``["--data", uri, "--out", uri, "--preset", "paper",
-            "--set", "k=v"]``. Passed literally (``$`` is escaped from Kubernetes expansion).
+        args: The step's CLI flags, e.g. ``["--data", uri, "--out", uri, "--config",
+            "s3://.../step_config.yaml"]``. Passed literally (``$`` is escaped from
+            Kubernetes expansion). A ``--config`` must be an ``s3://`` URI.
         nodes: Pods, one per GPU node (>= 1).
         gpus_per_node: GPUs per pod and ``torchrun`` processes per pod (>= 1).
         image: The project image (the same one the pipeline runs).
@@ -303,75 +644,199 @@ def render_job(
         node_selector: Labels of the GPU nodes; default ``{"node-pool": "gpu"}``; ``{}`` for
             none.
         service_account: ServiceAccount of the training pods. Default
-            ``fashion-attr-training`` (no API token, no RBAC), as in the templates. The
-            launcher's ``pipeline-runner`` (which may create jobs and read Secrets) is
-            deliberately not the default: training code needs neither.
+            ``fashion-attr-training`` (no API token, no RBAC). The launcher's
+            ``pipeline-runner`` (which may create jobs and read Secrets) is deliberately not
+            the default: training code needs neither.
+        trainer_release: The cluster's Kubeflow Trainer release (major.minor) for a
+            TrainJob: ``"2.1"`` (``spec.podTemplateOverrides``), ``"2.2"`` or ``"2.3"``
+            (``spec.runtimePatches``, the default: the pinned models' API). Ignored for a
+            PyTorchJob. :func:`run_step_on_cluster` finds it out.
 
     Returns:
-        The job as a dict, ready for ``launch_and_wait``.
+        The job as a JSON-ready dict (camelCase keys), ready for ``launch_and_wait``.
 
     Raises:
-        ValueError: For a bad input, naming it and the fix.
+        ValueError: For a bad input (Trainer v2.0 included), naming it and the fix.
     """
     selector = DEFAULT_NODE_SELECTOR if node_selector is None else node_selector
     _check_inputs(
-        kind, step, args, nodes, gpus_per_node, image, namespace, name, selector, service_account
+        kind,
+        step,
+        args,
+        nodes,
+        gpus_per_node,
+        image,
+        namespace,
+        name,
+        selector,
+        service_account,
+        trainer_release,
     )
-    job = _template(kind)
-    api = _APIS[kind]
-    if (job.get("kind"), job.get("apiVersion")) != (api.kind, f"{api.group}/{api.version}"):
-        raise ValueError(
-            f"k8s_templates/{kind}.yaml holds {job.get('apiVersion')} {job.get('kind')}, "
-            f"expected {api.group}/{api.version} {api.kind}. Fix: restore the template"
-        )
-    labels = {
-        **job["metadata"].get("labels", {}),
-        **PART_OF,
-        "app.kubernetes.io/name": f"fashion-attr-{step.replace('_', '-')}",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "training",
+    metadata = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {
+            **POD_LABELS,
+            "app.kubernetes.io/name": f"fashion-attr-{step.replace('_', '-')}",
+            "app.kubernetes.io/instance": name,
+        },
     }
-    job["metadata"] = {"name": name, "namespace": namespace, "labels": labels}
-    pod_labels = {**PART_OF, "app.kubernetes.io/component": "training"}
+    placement: dict[str, Any] = {
+        "metadata": metadata,
+        "nodes": nodes,
+        "gpus": gpus_per_node,
+        "image": image,
+        "node_selector": selector,
+        "service_account": service_account,
+    }
     if kind == "trainjob":
-        trainer = job["spec"]["trainer"]
-        trainer["image"] = image
-        trainer["command"] = ["torchrun"]
-        # Node rank, master address and port: PET_* from the torch-distributed runtime.
-        trainer["args"] = _torchrun_args(step, args, nodes, gpus_per_node, ())
-        trainer["numNodes"] = nodes
-        _set_gpus(trainer.setdefault("resourcesPerNode", {}), gpus_per_node)
-        for override in job["spec"]["podTemplateOverrides"]:
-            meta = override.setdefault("metadata", {})
-            meta["labels"] = {**meta.get("labels", {}), **pod_labels}
-            _place(override.setdefault("spec", {}), selector, service_account)
-    else:
-        replicas = job["spec"]["pytorchReplicaSpecs"]
-        rendezvous = (
-            "--node_rank",
-            "$(RANK)",
-            "--master_addr",
-            "$(MASTER_ADDR)",
-            "--master_port",
-            "$(MASTER_PORT)",
+        return _trainjob(
+            trainer_release,
+            trainer_args=_torchrun_args(step, args, nodes, gpus_per_node, ()),
+            **placement,
         )
-        if nodes == 1:
-            del replicas["Worker"]
-        else:
-            replicas["Worker"]["replicas"] = nodes - 1
-        replicas["Master"]["replicas"] = 1
-        for replica in replicas.values():
-            template = replica["template"]
-            meta = template.setdefault("metadata", {})
-            meta["labels"] = {**meta.get("labels", {}), **pod_labels}
-            spec = template["spec"]
-            _place(spec, selector, service_account)
-            (container,) = [c for c in spec["containers"] if c["name"] == "pytorch"]
-            container["image"] = image
-            container["command"] = ["torchrun"]
-            container["args"] = _torchrun_args(step, args, nodes, gpus_per_node, rendezvous)
-            _set_gpus(container.setdefault("resources", {}), gpus_per_node)
-    return job
+    rendezvous = (
+        "--node_rank",
+        "$(RANK)",
+        "--master_addr",
+        "$(MASTER_ADDR)",
+        "--master_port",
+        "$(MASTER_PORT)",
+    )
+    return _pytorchjob(
+        trainer_args=_torchrun_args(step, args, nodes, gpus_per_node, rendezvous), **placement
+    )
+
+
+# --------------------------------------------------------------------------- Trainer release
+
+
+def _release_from_env(value: str) -> TrainerRelease:
+    """``FA_TRAINER_RELEASE`` (``2.3``, ``v2.3.0``...) as a supported major.minor."""
+    match = _RELEASE_RE.fullmatch(value.strip())
+    release = f"{match.group(1)}.{match.group(2)}" if match else value.strip()
+    try:
+        _check_release(release)
+    except ValueError as exc:
+        raise ValueError(f"{TRAINER_RELEASE_ENV}={value!r}: {exc}") from None
+    return cast(TrainerRelease, release)
+
+
+def trainer_release_from_crd(crd: Mapping[str, Any]) -> TrainerRelease:
+    """The Kubeflow Trainer release whose TrainJob API a ``trainjobs`` CRD describes.
+
+    The CRD carries no release number, so the schema of ``v1alpha1`` tells it: v2.2 and
+    later have ``spec.runtimePatches`` (v2.3 added ``terminationGracePeriodSeconds`` to its
+    pod patch), v2.1 ``spec.podTemplateOverrides``, v2.0 ``spec.podSpecOverrides``. A later
+    release that keeps the v2.3 shape reads as ``"2.3"``; the strict field validation at
+    submit time catches one that does not.
+
+    Args:
+        crd: The CustomResourceDefinition ``trainjobs.trainer.kubeflow.org`` as a dict
+            (camelCase keys, as the API server returns it).
+
+    Returns:
+        ``"2.1"``, ``"2.2"`` or ``"2.3"``.
+
+    Raises:
+        RuntimeError: For Trainer v2.0, a CRD that does not serve ``v1alpha1``, or one with
+            none of the known fields (naming the fields it has).
+    """
+    versions = (crd.get("spec") or {}).get("versions") or []
+    served = [v for v in versions if v.get("name") == "v1alpha1" and v.get("served", True)]
+    if not served:
+        raise RuntimeError(
+            f"the CRD {TRAINJOB_CRD} does not serve trainer.kubeflow.org/v1alpha1 (it serves "
+            f"{[v.get('name') for v in versions if v.get('served', True)]}). Fix: install "
+            "Kubeflow Trainer v2.1, v2.2 or v2.3, or run with train_job_kind=pytorchjob"
+        )
+    schema = served[0].get("schema", {}).get("openAPIV3Schema", {})
+    fields = schema.get("properties", {}).get("spec", {}).get("properties", {})
+    if "runtimePatches" in fields:
+        pod_patch = _schema_at(
+            fields["runtimePatches"],
+            "items/trainingRuntimeSpec/template/spec/replicatedJobs/items/template/spec/"
+            "template/spec",
+        )
+        return "2.3" if "terminationGracePeriodSeconds" in pod_patch else "2.2"
+    if "podTemplateOverrides" in fields:
+        return "2.1"
+    if "podSpecOverrides" in fields:
+        raise RuntimeError(_V20_REFUSAL)
+    raise RuntimeError(
+        f"the CRD {TRAINJOB_CRD} (v1alpha1) has none of runtimePatches, podTemplateOverrides, "
+        f"podSpecOverrides in its TrainJob spec (it has {sorted(fields)}): not a Kubeflow "
+        "Trainer release the launcher knows. Fix: install Kubeflow Trainer v2.1, v2.2 or "
+        f"v2.3, set {TRAINER_RELEASE_ENV} if its TrainJob API is one of theirs, or run with "
+        "train_job_kind=pytorchjob"
+    )
+
+
+def _schema_at(schema: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """The ``properties`` of the sub-schema at ``path`` (``items`` steps into arrays)."""
+    node: Mapping[str, Any] = schema
+    for part in path.split("/"):
+        node = (
+            node.get("items", {}) if part == "items" else node.get("properties", {}).get(part, {})
+        )
+    return cast(Mapping[str, Any], node.get("properties", {}))
+
+
+def detect_trainer_release(
+    api: Any, *, poll_s: float = 5, max_api_errors: int = 3
+) -> TrainerRelease:
+    """Read the CRD ``trainjobs.trainer.kubeflow.org`` and tell the Trainer release from it.
+
+    Args:
+        api: A ``kubernetes.client.CustomObjectsApi`` (the CRD is read as a cluster-scoped
+            custom object of ``apiextensions.k8s.io/v1``, which returns plain JSON).
+        poll_s: Seconds between retries of a transient API error.
+        max_api_errors: Transient API errors (5xx, 429, network) tolerated.
+
+    Returns:
+        ``"2.1"``, ``"2.2"`` or ``"2.3"`` (see :func:`trainer_release_from_crd`).
+
+    Raises:
+        RuntimeError: If the Trainer is not installed (no CRD), the launcher may not read the
+            CRD (naming the permission it needs), or the release is not supported.
+    """
+    errors = 0
+    while True:
+        try:
+            crd = api.get_cluster_custom_object(
+                "apiextensions.k8s.io", "v1", "customresourcedefinitions", TRAINJOB_CRD
+            )
+            break
+        except Exception as exc:
+            status = _status(exc)
+            if status == 404:
+                raise RuntimeError(
+                    f"Kubeflow Trainer is not installed: the cluster has no CRD {TRAINJOB_CRD}, "
+                    "so no TrainJob can run. Fix: install Kubeflow Trainer v2.1, v2.2 or v2.3, "
+                    "or run with train_job_kind=pytorchjob (Training Operator v1.7-v1.9)"
+                ) from exc
+            if status in (401, 403):
+                raise RuntimeError(
+                    f"the launcher may not read the CRD {TRAINJOB_CRD}, which tells the "
+                    "installed Trainer release. Fix: bind a ClusterRole with verb get on "
+                    "apiextensions.k8s.io customresourcedefinitions (resourceNames: "
+                    f"{TRAINJOB_CRD}) to the launcher's ServiceAccount (pipeline-runner), or "
+                    f"set {TRAINER_RELEASE_ENV} to the installed release "
+                    f"({', '.join(TRAINER_RELEASES)}) in the launcher's environment"
+                ) from exc
+            errors += 1
+            if not _transient(exc) or errors > max_api_errors:
+                raise
+            logger.warning("reading the CRD %s failed (%s); retrying", TRAINJOB_CRD, exc)
+            time.sleep(poll_s)
+    release = trainer_release_from_crd(crd)
+    logger.info(
+        "Kubeflow Trainer v%s TrainJob API (spec.%s), read from the CRD %s",
+        release,
+        TRAINER_POD_FIELD[release],
+        TRAINJOB_CRD,
+    )
+    return release
 
 
 # --------------------------------------------------------------------------- submitting
@@ -400,6 +865,23 @@ def _load_kube_config() -> None:
                 f"no Kubernetes API configuration ({exc}). Fix: run the launcher in a pod "
                 "(service_account='pipeline-runner') or point KUBECONFIG at a kubeconfig"
             ) from exc
+
+
+def _default_api() -> Any:
+    """A CustomObjectsApi from the in-cluster configuration, else from the kubeconfig."""
+    _load_kube_config()
+    from kubernetes import client
+
+    return client.CustomObjectsApi()
+
+
+def _api_message(exc: BaseException) -> str:
+    """The API server's own message from an ApiException's JSON body, else the exception."""
+    try:
+        message = json.loads(getattr(exc, "body", None) or "").get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return str(message) if message else str(exc).strip()
 
 
 def _status(exc: BaseException) -> int | None:
@@ -601,10 +1083,7 @@ def launch_and_wait(
     if not name or not namespace:
         raise ValueError("job metadata needs name and namespace. Fix: use render_job()")
     if api is None:
-        _load_kube_config()
-        from kubernetes import client
-
-        api = client.CustomObjectsApi()
+        api = _default_api()
     if core_api is None and getattr(api, "api_client", None) is not None:
         from kubernetes import client
 
@@ -635,19 +1114,34 @@ def launch_and_wait(
         if core_api is not None:
             _check_secrets(core_api, job, namespace)
         try:
+            # Strict: a field the installed CRD does not declare fails the request instead
+            # of being dropped (the default, Warn, drops it with a warning nobody reads).
             api.create_namespaced_custom_object(
-                spec.group, spec.version, namespace, spec.plural, copy.deepcopy(dict(job))
+                spec.group,
+                spec.version,
+                namespace,
+                spec.plural,
+                copy.deepcopy(dict(job)),
+                field_validation="Strict",
             )
             created = True
             logger.info("submitted %s; logs: %s", where, logs)
         except Exception as exc:
-            if _status(exc) != 409:  # 409: another launcher created it in between: attach
-                if _status(exc) == 404:
+            status = _status(exc)
+            if status != 409:  # 409: another launcher created it in between: attach
+                if status == 404:
                     operator = _OPERATORS[kind]
                     raise RuntimeError(
                         f"the API server does not serve {spec.plural}.{spec.group}/"
                         f"{spec.version}, so {where} cannot be created. Fix: install "
                         f"{operator} or choose the other job kind"
+                    ) from exc
+                if status in (400, 422):
+                    raise RuntimeError(
+                        f"the API server rejected {where}: {_api_message(exc)}. If it names an "
+                        f"unknown field, the installed {_OPERATORS[kind]} release speaks "
+                        f"another API version than the job was built for. Fix: "
+                        f"{_REJECTED_FIX[kind]}"
                     ) from exc
                 raise
 
@@ -723,11 +1217,15 @@ def run_step_on_cluster(
     api: object | None = None,
     core_api: object | None = None,
 ) -> JobResult:
-    """Render, submit and wait: the multi-node counterpart of ``pipeline_entry._run_step``.
+    """Render, submit and wait: the multi-node path of :func:`fashion_attr.steps.executor.execute`.
+
+    For a TrainJob the Trainer release comes from ``FA_TRAINER_RELEASE`` if set (``2.1``,
+    ``2.2``, ``2.3``; ``v2.3.0`` is read as ``2.3``), else from the cluster's CRD
+    (:func:`detect_trainer_release`).
 
     Args:
         step: ``"train_gan"`` or ``"train_classifier"``.
-        args: The step's CLI flags (as ``_run_step`` gets them).
+        args: The step's CLI flags (as the executor builds them).
         key: The step's output key (last part of its output URI); names the job.
         nodes: GPU nodes.
         gpus_per_node: GPUs per node.
@@ -742,8 +1240,24 @@ def run_step_on_cluster(
 
     Returns:
         The job's outcome.
+
+    Raises:
+        ValueError: For a bad input or ``FA_TRAINER_RELEASE`` value.
+        RuntimeError: If the Trainer is missing, unsupported or its CRD unreadable, a Secret
+            is missing, or the job failed (see :func:`launch_and_wait`).
+        TimeoutError: If the job did not end within ``timeout_s``.
     """
     namespace = namespace or os.environ.get("FA_NAMESPACE") or in_cluster_namespace()
+    release: TrainerRelease = "2.3"
+    if kind == "trainjob":
+        configured = os.environ.get(TRAINER_RELEASE_ENV, "").strip()
+        if configured:
+            release = _release_from_env(configured)
+            logger.info("Kubeflow Trainer v%s TrainJob API (%s)", release, TRAINER_RELEASE_ENV)
+        else:
+            if api is None:
+                api = _default_api()
+            release = detect_trainer_release(api, poll_s=min(poll_s, 5))
     job = render_job(
         kind,
         step=step,
@@ -754,5 +1268,6 @@ def run_step_on_cluster(
         namespace=namespace,
         name=job_name_for(step, key),
         node_selector=node_selector,
+        trainer_release=release,
     )
     return launch_and_wait(job, api=api, core_api=core_api, timeout_s=timeout_s, poll_s=poll_s)
