@@ -7,8 +7,15 @@ Usage::
         --catalog-uri s3://fashion-attr/catalog/ --storage-uri s3://fashion-attr \\
         --source-uri s3://fashion-attr/deepfashion-c --cron "0 0 2 * * *"
 
-    # submit one run of the same configuration
-    python -m pipelines.schedule submit --host ... --catalog-uri ... --storage-uri ...
+    # submit one run of the same configuration; any other parameter with --param (typed as
+    # the pipeline declares it; unknown names are refused before the API is called)
+    python -m pipelines.schedule submit --host ... --catalog-uri ... --storage-uri ... \\
+        --param ingest_parts=4 --param gate_tolerance=0.01
+
+Multi-user KFP (default): runs go to the Profile namespace ``--namespace`` as
+``pipeline-runner``. Standalone KFP (``--kfp-mode standalone``): runs go to KFP's own
+namespace as its ``pipeline-runner`` (apply ``k8s/overlays/kfp-standalone``). The
+backend's version (2.15.0 or newer) and mode are checked before anything is uploaded.
 
 Each run uses ``base_version=latest`` and ``batch_uri=<catalog-uri>``: it folds
 every catalog batch (``*.jsonl``) that the latest dataset version does not yet
@@ -26,19 +33,69 @@ parameters (runs already started are not affected).
 import argparse
 import datetime
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipelines.retraining import PIPELINE_NAME, compile_pipeline
 
 DEFAULT_JOB = "fashion-attr-nightly"
 
 
-def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The pipeline parameters of a scheduled (or submitted) run."""
+#: The oldest KFP backend the compiled pipeline runs on (tests/test_kfp_backend_rules.py).
+MIN_BACKEND = (2, 15, 0)
+
+
+def pipeline_parameters() -> dict[str, str]:
+    """The pipeline's parameters and their types as the compiled spec declares them."""
+    package = compile_pipeline(Path(tempfile.mkdtemp()) / f"{PIPELINE_NAME}.yaml")
+    spec = next(yaml.safe_load_all(package.read_text()))
+    return {
+        name: p["parameterType"]
+        for name, p in spec["root"]["inputDefinitions"]["parameters"].items()
+    }
+
+
+def _typed(name: str, text: str, kind: str) -> Any:
+    """``text`` as the value type the KFP API expects for a parameter of type ``kind``."""
+    try:
+        if kind == "NUMBER_INTEGER":
+            return int(text)
+        if kind == "NUMBER_DOUBLE":
+            return float(text)
+        if kind == "BOOLEAN":
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        if kind in ("LIST", "STRUCT"):
+            value = json.loads(text)
+            if not isinstance(value, list if kind == "LIST" else dict):
+                raise ValueError(text)
+            return value
+    except ValueError:
+        raise SystemExit(
+            f"schedule: error: --param {name}={text}: {name} is {kind}, and {text!r} is not "
+            f"one. Fix: e.g. --param {name}="
+            + {"NUMBER_INTEGER": "2", "NUMBER_DOUBLE": "0.01", "BOOLEAN": "true"}.get(kind, "[...]")
+        ) from None
+    return text
+
+
+def pipeline_arguments(
+    args: argparse.Namespace, declared: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The pipeline parameters of a scheduled (or submitted) run, typed as the spec declares.
+
+    Raises:
+        SystemExit: an unknown parameter name or a value of the wrong type (exit 2), before
+            anything is sent to the KFP API (which rejects "2" for an integer parameter).
+    """
+    declared = declared if declared is not None else pipeline_parameters()
     params: dict[str, Any] = {
         "source_uri": args.source_uri,
         "storage_uri": args.storage_uri,
@@ -48,15 +105,54 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "model_name": args.model_name,
     }
     for item in args.param or []:
-        key, _, value = item.partition("=")
-        params[key] = json.loads(value) if value[:1] in "[{" else value
+        key, sep, value = item.partition("=")
+        if not sep or key not in declared:
+            known = ", ".join(sorted(declared))
+            raise SystemExit(
+                f"schedule: error: --param {item!r}: {key!r} is not a parameter of "
+                f"{PIPELINE_NAME}. Fix: use KEY=VALUE with one of: {known}"
+            )
+        params[key] = _typed(key, value, declared[key])
     return params
+
+
+def check_backend(client: Any, mode: str) -> dict[str, Any]:
+    """The KFP API server's version and mode; refuse a backend or mode that cannot work.
+
+    Raises:
+        SystemExit: a backend older than 2.15.0, or a multi-user/standalone mismatch.
+    """
+    healthz = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
+    info = json.loads(healthz.data)
+    tag = str(info.get("tag_name", "unknown"))
+    numbers = tuple(int(n) for n in re.findall(r"\d+", tag)[:3])
+    if len(numbers) == 3 and numbers < MIN_BACKEND:
+        raise SystemExit(
+            f"schedule: error: the KFP backend is {tag}; this pipeline needs "
+            f"{'.'.join(map(str, MIN_BACKEND))} or newer (its secret and config-map environment "
+            "variables use the `optional` field). Fix: upgrade Kubeflow Pipelines"
+        )
+    multi_user = bool(info.get("multi_user"))
+    if multi_user != (mode == "multi-user"):
+        actual = "multi-user" if multi_user else "standalone"
+        raise SystemExit(
+            f"schedule: error: the KFP backend runs in {actual} mode, not {mode}. Fix: pass "
+            f"--kfp-mode {actual} (and apply the matching k8s overlay, see k8s/README.md)"
+        )
+    return info
+
+
+def _namespace(args: argparse.Namespace) -> str | None:
+    # Standalone KFP has no user namespaces: runs go to its own (kubeflow).
+    return None if args.kfp_mode == "standalone" else args.namespace
 
 
 def _client(args: argparse.Namespace) -> Any:
     import kfp
 
-    return kfp.Client(host=args.host, namespace=args.namespace)
+    client = kfp.Client(host=args.host, namespace=_namespace(args))
+    check_backend(client, args.kfp_mode)
+    return client
 
 
 def _experiment_id(client: Any, name: str, namespace: str | None) -> str:
@@ -81,9 +177,10 @@ def _upload(client: Any, package: Path) -> tuple[str, str]:
 
 def schedule(args: argparse.Namespace, client: Any | None = None) -> dict[str, Any]:
     """Create or replace the recurring run named ``args.job_name``."""
+    params = pipeline_arguments(args)  # refuses bad parameters before any API call
     client = client or _client(args)
     package = compile_pipeline(Path(tempfile.mkdtemp()) / f"{PIPELINE_NAME}.yaml")
-    experiment_id = _experiment_id(client, args.experiment, args.namespace)
+    experiment_id = _experiment_id(client, args.experiment, _namespace(args))
     pipeline_id, version_id = _upload(client, package)
     existing = client.list_recurring_runs(
         experiment_id=experiment_id,
@@ -108,7 +205,7 @@ def schedule(args: argparse.Namespace, client: Any | None = None) -> dict[str, A
         cron_expression=args.cron,
         max_concurrency=1,
         no_catchup=True,
-        params=pipeline_arguments(args),
+        params=params,
         pipeline_id=pipeline_id,
         version_id=version_id,
         enabled=True,
@@ -125,14 +222,15 @@ def schedule(args: argparse.Namespace, client: Any | None = None) -> dict[str, A
 
 def submit(args: argparse.Namespace, client: Any | None = None) -> dict[str, Any]:
     """Submit one run with the scheduled configuration."""
+    params = pipeline_arguments(args)
     client = client or _client(args)
     package = compile_pipeline(Path(tempfile.mkdtemp()) / f"{PIPELINE_NAME}.yaml")
     result = client.create_run_from_pipeline_package(
         str(package),
-        arguments=pipeline_arguments(args),
+        arguments=params,
         run_name=f"{args.job_name}-manual-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}",
         experiment_name=args.experiment,
-        namespace=args.namespace,
+        namespace=_namespace(args),
         service_account=args.service_account,
     )
     return {"run_id": result.run_id}
@@ -145,7 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("command", choices=("schedule", "submit"))
     parser.add_argument("--host", default=None, help="KFP API endpoint (default: in-cluster).")
-    parser.add_argument("--namespace", default="fashion-attr")
+    parser.add_argument(
+        "--kfp-mode",
+        choices=("multi-user", "standalone"),
+        default="multi-user",
+        help="multi-user: runs in --namespace (a Profile); standalone: in KFP's own namespace",
+    )
+    parser.add_argument("--namespace", default="fashion-attr", help="the Profile (multi-user)")
     parser.add_argument("--experiment", default="fashion-attr")
     parser.add_argument("--job-name", default=DEFAULT_JOB)
     parser.add_argument("--cron", default="0 0 2 * * *", help="KFP cron (with seconds).")

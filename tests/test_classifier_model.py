@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from fashion_attr.classifier.model import IMAGENET_MEAN, IMAGENET_STD, build_classifier
+from fashion_attr.classifier.model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PretrainedWeightsError,
+    build_classifier,
+)
 from torchvision.models._api import WeightsEnum
 
 
@@ -112,7 +117,7 @@ def test_pretrained_file_with_wrong_keys_names_the_file(tmp_path: Path) -> None:
         build_classifier("resnet50", 3, 2, pretrained=str(tmp_path / "missing.pth"))
 
 
-def test_imagenet_unreachable_warns_and_keeps_random_init(
+def test_imagenet_unreachable_stops_naming_the_fixes_never_random_init(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []
@@ -122,9 +127,13 @@ def test_imagenet_unreachable_warns_and_keeps_random_init(
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
-    with pytest.warns(RuntimeWarning, match=r"RANDOM.*pretrained=/path/to/file\.pth"):
-        model = build_classifier("resnet50", 3, 2, pretrained="imagenet")
+    with pytest.raises(PretrainedWeightsError, match=r"pretrained=/path/to/file\.pth") as info:
+        build_classifier("resnet50", 3, 2, pretrained="imagenet")
     assert calls == ["ResNet50_Weights.IMAGENET1K_V2"]
+    assert "pretrained=null" in str(info.value) and "weights/resnet50-" in str(info.value)
+    assert isinstance(info.value, ValueError)  # a user error: the step exits 2, no retry
+    # Training from scratch is a deliberate choice.
+    model = build_classifier("resnet50", 3, 2, pretrained=None)
     with torch.no_grad():
         attr, cat = model.eval()(torch.randn(1, 3, 64, 64))
     assert attr.shape == (1, 3) and cat.shape == (1, 2)

@@ -17,15 +17,16 @@ Architectures (``build_classifier``):
 * ``lenet5``: LeNet-5 with ReLU for 28x28 grey MNIST (the paper's MNIST experiment).
 
 ImageNet weights for ``vgg16_paper``/``resnet50``: ``pretrained`` is a local state-dict
-file (as torchvision saves it) or ``"imagenet"`` (torchvision's default weights, which may
-download). An unreachable download only warns and keeps random init, so an air-gapped
-cluster never crashes; a local file whose keys do not match fails with the file named.
+file (as torchvision saves it) or ``"imagenet"`` (torchvision's default weights, from
+``$TORCH_HOME/hub/checkpoints`` or downloaded). Weights that cannot be had stop the step
+with the fix named (bake them into the image, pass a local file, or train from scratch
+deliberately with ``pretrained=null``): the paper's setting is never silently replaced by
+random initialisation. A local file whose keys do not match fails with the file named.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -353,22 +354,23 @@ def _load_trunk(model: AttributeClassifier, state: Mapping[str, Tensor], source:
         ) from err
 
 
+class PretrainedWeightsError(ValueError):
+    """The pretrained weights a config asks for cannot be loaded (a user error: exit 2)."""
+
+
 def _load_pretrained(model: AttributeClassifier, pretrained: str) -> None:
     if pretrained == "imagenet":
         weights = _torchvision_weights(model.arch)
         try:
             state = weights.get_state_dict(progress=False, check_hash=True)
-        except Exception as err:  # any failure (no network, proxy, bad cache) keeps random init
-            msg = (
-                f"build_classifier: could not fetch torchvision ImageNet weights {weights} for "
-                f"{model.arch!r} ({type(err).__name__}: {err}); continuing with RANDOM "
-                "initialisation. In an air-gapped cluster download the file elsewhere "
-                f"({weights.url}) and pass its local path as pretrained=/path/to/file.pth "
-                "(or place it in $TORCH_HOME/hub/checkpoints)."
-            )
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            logger.warning(msg)
-            return
+        except Exception as err:  # no network, a proxy, a bad cache: never a silent random init
+            raise PretrainedWeightsError(
+                f"build_classifier: could not load torchvision's ImageNet weights {weights} for "
+                f"{model.arch!r} ({type(err).__name__}: {err}). Fix: bake them into the image "
+                f"(weights/{Path(weights.url).name}, docker/Dockerfile), or download "
+                f"{weights.url} elsewhere and set pretrained=/path/to/file.pth, or train from "
+                "scratch on purpose with pretrained=null (--set pretrained=null)"
+            ) from None
         _load_trunk(model, state, f"'imagenet' ({weights})")
         return
     path = Path(pretrained)
@@ -411,7 +413,7 @@ def build_classifier(
         in_channels: image channels; default 1 for lenet5, 3 otherwise. vgg16_paper and
             resnet50 accept only 3.
         pretrained: vgg16_paper/resnet50 only: a local torchvision state-dict file, or
-            ``"imagenet"`` for torchvision's default weights (warns and keeps random init
+            ``"imagenet"`` for torchvision's default weights (raises when they cannot be had
             when they cannot be fetched). None: random init.
         dropout: dropout before the heads; default per arch: 0.5 for vgg16_paper (paper)
             and resnet50, 0 for tiny and lenet5.
