@@ -111,8 +111,9 @@ def _runner(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> Any
 
     if args.runner == "subprocess":
         return local.SubprocessRunner(use_venv=False)
-    import docker
     from docker.types import Mount
+
+    import docker
 
     # Each step in its own container from the project image. The work folder (storage,
     # MLflow, the cache, the pipeline root) is mounted at the same path; the container runs
@@ -269,9 +270,8 @@ def _print_summary(summary: dict, elapsed: float, workdir: Path, model_name: str
         f"{summary.get('champion_version')})"
     )
     print(f"Gate decision   : {summary.get('reason')}")
-    table = (summary.get("decision") or {}).get("markdown")
-    if table:
-        print("\n" + table)
+    if summary.get("gate_table"):
+        print("\n" + summary["gate_table"])
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     print("Browse runs and models (MLflow UI):")
     print(

@@ -226,7 +226,8 @@ def test_s3_source_and_dest_give_the_same_version(demo_dataset: Path, tmp_path: 
     assert res.version == local.version  # same annotations and settings -> same id
     assert res.uri == s3_server.uri(f"versions/{res.version}")
     assert load_manifest(res.uri).counts == local.manifest.counts
-    listed = s3_server.client.list_objects_v2(Bucket=s3_server.bucket, Prefix="versions/")
+    prefix = f"versions/{res.version}/"  # (versions/_fingerprints/ holds the source's cache)
+    listed = s3_server.client.list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)
     names = sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"])
     shard_names = sorted(e.uri for es in res.manifest.shards.values() for e in es)
     assert names == sorted([*shard_names, "index.jsonl.gz", "manifest.json"])
@@ -402,7 +403,7 @@ def test_killed_run_is_invisible_and_a_rerun_completes(demo_dataset: Path, tmp_p
         [sys.executable, "-c", script, str(demo_dataset), str(dest)], capture_output=True
     )
     assert proc.returncode == 9, proc.stderr.decode()
-    [version_dir] = list(dest.iterdir())
+    [version_dir] = list(dest.glob("v-*"))
     assert len(list(version_dir.glob("*.tar"))) == 2
     assert not (version_dir / "manifest.json").exists()
     with pytest.raises(ManifestError, match=r"no manifest\.json at"):
@@ -430,7 +431,8 @@ def test_error_midway_removes_this_runs_shards(demo_dataset, tmp_path, monkeypat
     monkeypatch.setattr(ShardWriter, "_close_current", close_then_fail)
     with pytest.raises(OSError, match="disk full"):
         _run(demo_dataset, tmp_path / "dest")
-    assert list((tmp_path / "dest").iterdir()) == []  # shards and the version folder removed
+    # Shards and the version folder removed (the source's fingerprint cache stays: a cache).
+    assert [p.name for p in (tmp_path / "dest").iterdir()] == ["_fingerprints"]
 
 
 # --------------------------------------------------------------------------- parts
@@ -584,7 +586,7 @@ def test_incremental_unknown_attribute_lists_valid_names(demo_dataset, tmp_path,
     assert rc == 2
     assert f"{jsonl}:2:" in err and "unknown attribute 'flowery'" in err
     assert "'print', 'floral'" in err  # the valid names are listed
-    assert sorted(p.name for p in dest.iterdir()) == [base.version]
+    assert sorted(p.name for p in dest.glob("v-*")) == [base.version]
 
 
 def test_incremental_folder_batch_dedupes_and_checks_labels(demo_dataset, tmp_path, capsys):

@@ -121,7 +121,7 @@ def test_ingest_s3_to_s3_through_faults_equals_the_local_ingest(
     # checksums (read straight from moto, past the proxy).
     prefix = f"versions/{remote.version}/"
     names = [e.uri for es in manifest.shards.values() for e in es]
-    assert _keys(s3_server, "versions/") == sorted(
+    assert _keys(s3_server, prefix) == sorted(
         prefix + n for n in [*names, "index.jsonl.gz", "manifest.json"]
     )
     for split_entries in manifest.shards.values():
@@ -225,10 +225,10 @@ def test_bad_credentials_fail_fast_naming_the_uri_and_the_fix(
         )
         ingest_s = time.monotonic() - start
         _, err = capsys.readouterr()
-        # The first S3 call is the HEAD of the manifest: 403 without a body.
+        # The first S3 call reads the source's fingerprint cache: refused at once.
         assert rc == 2, err
-        assert f"preprocess: storage error: {dest}/v-" in err
-        assert "403 Forbidden" in err and "Fix: check AWS_ACCESS_KEY_ID" in err
+        assert f"preprocess: storage error: {dest}/_fingerprints/" in err
+        assert "InvalidAccessKeyId" in err and "Fix: check AWS_ACCESS_KEY_ID" in err
 
         start = time.monotonic()
         with pytest.raises(storage.StorageError) as exc:
@@ -263,7 +263,8 @@ def test_missing_bucket_fails_fast_and_writes_nothing(
         elapsed = time.monotonic() - start
         _, err = capsys.readouterr()
         assert rc == 2, err
-        assert f"preprocess: storage error: {dest}/v-" in err and "/train-0000-000000.tar" in err
+        # The first S3 call (the source's fingerprint cache) meets the missing bucket.
+        assert f"preprocess: storage error: {dest}/_fingerprints/" in err
         assert "NoSuchBucket" in err and "Fix: create the bucket or fix the bucket name" in err
         with pytest.raises(storage.StorageError, match=rf"^s3://{bucket}/m\.pt: .*NoSuchBucket"):
             save_artifact(f"s3://{bucket}/m.pt", {"w": torch.zeros(1)})
@@ -271,8 +272,8 @@ def test_missing_bucket_fails_fast_and_writes_nothing(
             load_manifest(f"{dest}/v-0000000000000000")
     _report("missing bucket", p, elapsed)
     assert elapsed < FAST_S
-    # One failed PUT (the first shard; no retry), one for save_artifact; no more.
-    assert p.stats.by_method["PUT"] == 2
+    # No retry: one failed GET (the cache), one failed PUT (save_artifact); nothing else.
+    assert p.stats.by_method["PUT"] == 1
     buckets = {b["Name"] for b in s3_server.client.list_buckets()["Buckets"]}
     assert bucket not in buckets
 

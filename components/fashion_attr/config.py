@@ -206,6 +206,13 @@ class RegisterConfig(_Frozen):
         "promote",
         description="Challenger within tolerance on every metric: promote (fresher data) or keep.",
     )
+    on_incomparable: Literal["keep", "promote"] = Field(
+        "keep",
+        description=(
+            "When the champion cannot be scored on the challenger's test split (another label "
+            "layout, an unreadable artifact): keep it (promote by hand) or promote."
+        ),
+    )
     attribute_threshold: float = Field(0.5, gt=0, lt=1)
     top_k: int = Field(3, ge=1)
 

@@ -45,6 +45,7 @@ __all__ = [
     "open_text",
     "read_bytes",
     "read_text",
+    "reraise",
     "s3_client",
     "split_s3",
     "upload_file",
@@ -156,8 +157,11 @@ def s3_client(attempts: int | None = None, timeout_s: float | None = None) -> An
         return client
 
 
-def _reraise(uri: str, exc: Exception) -> None:
-    """Turn permanent boto errors into :class:`StorageError`; re-raise others as is."""
+def reraise(uri: str, exc: Exception) -> None:
+    """Turn permanent boto errors (and unreachable endpoints) into :class:`StorageError`.
+
+    Re-raises anything else as is; callers follow it with a bare ``raise``.
+    """
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         ClientError,
@@ -171,7 +175,7 @@ def _reraise(uri: str, exc: Exception) -> None:
         # boto3's upload_file wraps the ClientError (NoSuchBucket, InvalidAccessKeyId, ...)
         # in an error that only quotes it: judge the wrapped one.
         try:
-            _reraise(uri, exc.__context__)
+            reraise(uri, exc.__context__)
         except ClientError:
             raise exc from None
     if isinstance(exc, ConnectionError | EndpointConnectionError | ConnectTimeoutError):
@@ -218,7 +222,7 @@ def read_bytes(uri: str | os.PathLike[str]) -> bytes:
     try:
         return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
 
 
@@ -289,7 +293,7 @@ def write_bytes(uri: str | os.PathLike[str], data: bytes) -> None:
     try:
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
     except Exception as exc:
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
 
 
@@ -313,10 +317,10 @@ def exists(uri: str | os.PathLike[str]) -> bool:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in {"404", "NoSuchKey", "NotFound"}:
             return False
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
     except Exception as exc:
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
 
 
@@ -359,7 +363,7 @@ def check_access(
             return
         found = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
     except Exception as exc:
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
     if not found.get("KeyCount"):
         raise FileNotFoundError(f"{uri}: no such object or prefix. Fix: check the URI")
@@ -384,7 +388,7 @@ def list_uris(prefix: str | os.PathLike[str]) -> list[str]:
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
             out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
     except Exception as exc:
-        _reraise(prefix, exc)
+        reraise(prefix, exc)
         raise
     return sorted(out)
 
@@ -402,7 +406,7 @@ def upload_file(local_path: str | os.PathLike[str], uri: str | os.PathLike[str])
         # once the multipart upload completes, so readers never see a part.
         s3_client().upload_file(str(local_path), bucket, key)
     except Exception as exc:
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
 
 
@@ -423,7 +427,7 @@ def download_file(uri: str | os.PathLike[str], local_path: str | os.PathLike[str
         os.replace(tmp, local_path)
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
 
 
@@ -450,7 +454,7 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     try:
         s3_client().copy({"Bucket": sb, "Key": sk}, db, dk)  # multipart above 8 MB
     except Exception as exc:
-        _reraise(src, exc)
+        reraise(src, exc)
         raise
 
 
@@ -468,7 +472,7 @@ def delete(uri: str | os.PathLike[str]) -> None:
     try:
         s3_client().delete_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
 
 
@@ -484,7 +488,7 @@ def open_binary(uri: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     try:
         body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
     except Exception as exc:
-        _reraise(uri, exc)
+        reraise(uri, exc)
         raise
     try:
         yield body  # botocore StreamingBody: .read(n) streams

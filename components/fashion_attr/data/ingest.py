@@ -3,8 +3,9 @@
 The pipeline's first step (CLI: :mod:`fashion_attr.steps.preprocess`). One run:
 
 1. Hashes the six annotation files (streamed, never held whole) together with
-   the ingest settings (and, for an incremental run, the base version and the
-   batch's hash) into the version id ``v-<16 hex>``. If
+   the ingest settings, the content digest of the image files (and, for an
+   incremental run, the base version and the batch's hash) into the version id
+   ``v-<16 hex>``. If
    ``<dest>/<version>/manifest.json`` already exists the run is a no-op.
 2. Parses and validates every annotation file
    (:func:`fashion_attr.data.annotations.load_annotations`); a bad file raises
@@ -33,9 +34,12 @@ new images, deduplicated by the sha256 of the image bytes against the base's
 index. Deduplication applies only to incremental batches: a full ingest keeps
 the dataset exactly as shipped (its test split must stay the benchmark's).
 
-The version id hashes the annotations, not the image bytes (hashing 289k
-images would cost a full read before the no-op check): a source whose images
-change under unchanged annotations must be ingested to a new ``dest``.
+The version id hashes the annotations, the settings and the content of every
+image file, known through a fingerprint cache (:mod:`fashion_attr.data.fingerprints`:
+only files whose size, ETag or modification time changed are read), so the
+no-op check on an untouched source is one listing; an image restored, fixed or
+replaced under unchanged annotations gives a new version. The index records each
+ingested image's content hash (sha256).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from fashion_attr.data.annotations import (
     load_annotations,
 )
 from fashion_attr.data.catalog import read_catalog_jsonl
+from fashion_attr.data.fingerprints import content_digest, content_digest_of_tree, hash_objects
 from fashion_attr.data.shards import (
     INDEX_NAME,
     MANIFEST_NAME,
@@ -820,7 +825,10 @@ def run_preprocess(
         seed=seed,
     )
     digests = _hash_annotation_dir(source)
-    version = _version_id({"annotations": digests, "settings": asdict(settings)})
+    # The images' content enters the version (cheaply: only files whose size, ETag or mtime
+    # changed are read): restoring, fixing or replacing an image gives a new version.
+    images, _ = content_digest_of_tree(storage.join(source, "Img"), dest, max(workers, 1) * 8)
+    version = _version_id({"annotations": digests, "images": images, "settings": asdict(settings)})
     version_uri = storage.join(dest, version)
     if storage.exists(storage.join(version_uri, MANIFEST_NAME)):
         return IngestResult(version, version_uri, load_manifest(version_uri), created=False)
@@ -994,13 +1002,6 @@ def _run_incremental(
             ) from None
     else:
         batch_hash = _hash_annotation_dir(batch)
-    version = _version_id(
-        {"base": base_manifest.version, "batch": batch_hash, "settings": asdict(settings)}
-    )
-    version_uri = storage.join(dest, version)
-    if storage.exists(storage.join(version_uri, MANIFEST_NAME)):
-        return IngestResult(version, version_uri, load_manifest(version_uri), created=False)
-
     categories = [Category(c.name, c.type) for c in base_manifest.categories]
     attributes = [Attribute(a.name, a.group) for a in base_manifest.attributes]
     tasks_src: list[_Task] = []
@@ -1042,6 +1043,22 @@ def _run_incremental(
                     unknown=tuple(rec.unknown),
                 )
             )
+    # The images' content enters the version: a fixed or replaced image is new data.
+    if is_jsonl:
+        images = content_digest(hash_objects(t.image_uri for t in tasks_src))
+    else:
+        images, _ = content_digest_of_tree(storage.join(batch, "Img"), dest)
+    version = _version_id(
+        {
+            "base": base_manifest.version,
+            "batch": batch_hash,
+            "images": images,
+            "settings": asdict(settings),
+        }
+    )
+    version_uri = storage.join(dest, version)
+    if storage.exists(storage.join(version_uri, MANIFEST_NAME)):
+        return IngestResult(version, version_uri, load_manifest(version_uri), created=False)
     order = list(range(len(tasks_src)))
     random.Random(settings.seed).shuffle(order)
     tasks = [tasks_src[j] for j in order]

@@ -41,6 +41,7 @@ __all__ = [
     "GateRow",
     "decide_promotion",
     "is_finite_metric",
+    "non_finite_metrics",
     "render_markdown",
     "validate_gated_metrics",
 ]
@@ -62,17 +63,29 @@ class GateRow:
 
 @dataclass(frozen=True)
 class Decision:
-    """The gate's answer: whether to promote, why, and the comparison table."""
+    """The gate's answer: whether to promote, why, and the comparison table.
+
+    Attributes:
+        promote: whether the challenger becomes champion.
+        reason: why, in words.
+        table: one row per gated metric.
+        basis: what the champion's figures are: ``paired`` (the champion scored now on
+            the challenger's test split), ``recorded`` (its metrics as registered, from
+            another test split), ``first`` (no champion) or ``incomparable`` (it could not
+            be scored on this split).
+    """
 
     promote: bool
     reason: str
     table: list[GateRow] = field(default_factory=list)
+    basis: str = "recorded"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (for tags, artifacts and the step summary)."""
         return {
             "promote": self.promote,
             "reason": self.reason,
+            "basis": self.basis,
             "table": [asdict(r) for r in self.table],
         }
 
@@ -82,6 +95,17 @@ def is_finite_metric(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return math.isfinite(float(value))
+
+
+def non_finite_metrics(metrics: Mapping[str, Any]) -> list[str]:
+    """The metrics that are numbers but not finite (NaN, inf): a diverged or broken evaluation.
+
+    ``None`` (``null`` in ``metrics.json``) is an undefined metric, e.g. a group without
+    positives in the test split, and is not reported here.
+    """
+    return [
+        name for name, value in metrics.items() if value is not None and not is_finite_metric(value)
+    ]
 
 
 def validate_gated_metrics(
@@ -151,7 +175,7 @@ def decide_promotion(
     ours = validate_gated_metrics(challenger, gate_metrics)
     if champion is None:
         rows = [GateRow(m, None, v, None, "n/a") for m, v in ours.items()]
-        return Decision(True, "no champion yet: the first model is promoted", rows)
+        return Decision(True, "no champion yet: the first model is promoted", rows, "first")
 
     rows = []
     for name, value in ours.items():

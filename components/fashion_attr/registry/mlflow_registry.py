@@ -42,7 +42,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ from fashion_attr.registry.gate import (
     GateRow,
     decide_promotion,
     is_finite_metric,
+    non_finite_metrics,
     render_markdown,
     validate_gated_metrics,
 )
@@ -115,6 +116,8 @@ class Registration:
         reused: True when the version already existed for this pipeline run.
         run_id: the MLflow run that logged the version.
         decision: the gate's decision.
+        table: the decision as Markdown (the paired table, and the champion's figures as
+            registered for the record).
     """
 
     name: str
@@ -125,6 +128,7 @@ class Registration:
     reused: bool
     run_id: str | None
     decision: Decision
+    table: str = ""
 
 
 def metric_key(name: str) -> str:
@@ -348,8 +352,15 @@ def register_and_gate(
     dataset_version: str | None = None,
     code_version: str | None = None,
     reports: Sequence[str] = (),
+    score_champion: Callable[[str], Mapping[str, float | None]] | None = None,
 ) -> Registration:
     """Register ``model.pt`` as a new version (once per pipeline run) and gate its promotion.
+
+    Like for like: with ``score_champion`` (a function from a ``model.pt`` path to the
+    metrics of that model on the challenger's test split, as evaluate computed the
+    challenger's), the champion is scored now on the same images and tail set and the gate
+    compares those paired figures. Without it, the champion's metrics as registered are
+    used (another test split; the decision says so).
 
     Args:
         model_pt_uri: ``model.pt`` from ``train_classifier`` (local path or ``s3://``).
@@ -361,6 +372,7 @@ def register_and_gate(
         dataset_version: tag value; default: the one recorded in ``model.pt``.
         code_version: tag value; default: the ``fashion_attr`` package version.
         reports: files (local or ``s3://``) attached to the run under ``reports/``.
+        score_champion: scores a champion ``model.pt`` on the challenger's test split.
 
     Returns:
         :class:`Registration`.
@@ -381,6 +393,13 @@ def register_and_gate(
     # 1. Everything that can be wrong with the inputs fails here, before any MLflow write.
     metrics = read_metrics_json(metrics_uri)
     validate_gated_metrics(metrics, cfg.gate_metrics, source=metrics_uri)
+    broken = non_finite_metrics(metrics)
+    if broken:
+        raise ValueError(
+            f"{metrics_uri}: metric(s) {', '.join(f'{k} = {metrics[k]}' for k in broken)} are "
+            "not finite: the evaluation is broken and the model is not registered. Fix: "
+            "re-run evaluate (undefined metrics are written as null, never NaN)"
+        )
     with tempfile.TemporaryDirectory(prefix="fa-register-") as tmp:
         workdir = Path(tmp)
         model_path = _local_file(model_pt_uri, workdir)
@@ -395,10 +414,9 @@ def register_and_gate(
             SHA_TAG: _sha256(model_path),
             DATASET_TAG: dataset_version,
             CODE_TAG: code_version,
+            # The gated metrics only (every metric is logged to the version's run).
             **{
-                METRIC_TAG_PREFIX + metric_key(k): repr(float(v))
-                for k, v in metrics.items()
-                if is_finite_metric(v)
+                METRIC_TAG_PREFIX + metric_key(k): repr(float(metrics[k])) for k in cfg.gate_metrics
             },
         }
         params = {
@@ -448,7 +466,58 @@ def register_and_gate(
                     workdir=workdir,
                 )
                 reused = False
-            return _gate(client, mv, metrics, cfg, run_id, reused)
+            return _gate(client, mv, metrics, cfg, run_id, reused, score_champion, workdir)
+
+
+def _champion_model(client: MlflowClient, champion: ModelVersion, workdir: Path) -> str:
+    """Download the champion's exported ``model.pt`` (the pyfunc's artifact) to ``workdir``."""
+    from fashion_attr.registry.pyfunc import MODEL_ARTIFACT
+
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{champion.name}/{champion.version}",
+        dst_path=str(workdir / f"champion-v{champion.version}"),
+    )
+    files = sorted(Path(local).rglob("*.pt"))
+    if not files:
+        raise FileNotFoundError(
+            f"{champion.name} v{champion.version} holds no exported model (artifact "
+            f"'{MODEL_ARTIFACT}'): it was not registered by this pipeline"
+        )
+    return str(files[0])
+
+
+def _decide(
+    client: MlflowClient,
+    champion: ModelVersion | None,
+    metrics: Mapping[str, float | None],
+    cfg: RegisterConfig,
+    score_champion: Callable[[str], Mapping[str, float | None]] | None,
+    workdir: Path,
+) -> tuple[Decision, dict[str, float | None] | None]:
+    """The gate's decision, and the champion's metrics as registered (for the record)."""
+    if champion is None:
+        return decide_promotion(metrics, None, cfg.gate_metrics, cfg.tolerance), None
+    recorded = version_metrics(champion, cfg.gate_metrics)
+    args = (cfg.gate_metrics, cfg.tolerance, cfg.tie_rule)
+    if score_champion is None:
+        decision = decide_promotion(metrics, recorded, *args)
+        reason = f"{decision.reason} (champion's metrics as registered: another test split)"
+        return Decision(decision.promote, reason, decision.table, "recorded"), recorded
+    try:
+        paired = score_champion(_champion_model(client, champion, workdir))
+    except (ValueError, FileNotFoundError, MlflowException, OSError) as exc:
+        promote = cfg.on_incomparable == "promote"
+        reason = (
+            f"champion v{champion.version} could not be scored on this test split "
+            f"({str(exc).splitlines()[0]}); {'promoted' if promote else 'champion kept'} as "
+            f"register.on_incomparable={cfg.on_incomparable} says. To promote by hand: "
+            f"MlflowClient().set_registered_model_alias('{champion.name}', 'champion', <version>)"
+        )
+        rows = decide_promotion(metrics, None, *args).table
+        return Decision(promote, reason, rows, "incomparable"), recorded
+    decision = decide_promotion(metrics, paired, *args)
+    reason = f"{decision.reason} (paired: the champion scored on this test split)"
+    return Decision(decision.promote, reason, decision.table, "paired"), recorded
 
 
 def _gate(
@@ -458,6 +527,8 @@ def _gate(
     cfg: RegisterConfig,
     run_id: str | None,
     reused: bool,
+    score_champion: Callable[[str], Mapping[str, float | None]] | None = None,
+    workdir: Path | None = None,
 ) -> Registration:
     name, version = mv.name, str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -469,17 +540,26 @@ def _gate(
         decision = _stored_decision(client.get_model_version(name, version))
         return Registration(name, version, True, version, version, reused, run_id, decision)
 
-    champ_metrics = version_metrics(champion, cfg.gate_metrics) if champion is not None else None
-    decision = decide_promotion(
-        metrics, champ_metrics, cfg.gate_metrics, cfg.tolerance, cfg.tie_rule
+    decision, recorded = _decide(
+        client, champion, metrics, cfg, score_champion, workdir or Path(tempfile.mkdtemp())
     )
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
     label = f"champion (v{previous})" if previous else "champion"
+    if decision.basis == "paired":
+        label += ", scored on this test split"
     table = render_markdown(decision, champion_label=label)
+    if recorded is not None and decision.basis != "recorded":
+        as_registered = decide_promotion(metrics, recorded, cfg.gate_metrics, cfg.tolerance)
+        table += (
+            "\nFor the record, the champion's metrics as registered (its own, older test "
+            "split; not used by the gate):\n\n"
+            + render_markdown(as_registered, champion_label=f"champion (v{previous}) as registered")
+        )
     for key, value in {
         "gate.promoted": str(decision.promote).lower(),
-        "gate.reason": decision.reason,
+        "gate.reason": decision.reason[:4000],
+        "gate.basis": decision.basis,
         "gate.compared_to": previous or "none",
         "gate.decision": json.dumps(decision.to_dict(), sort_keys=True),
     }.items():
@@ -496,7 +576,7 @@ def _gate(
     log.info("%s v%s: %s", name, version, decision.reason)
     champion_after = version if decision.promote else previous
     return Registration(
-        name, version, decision.promote, champion_after, previous, reused, run_id, decision
+        name, version, decision.promote, champion_after, previous, reused, run_id, decision, table
     )
 
 
@@ -506,7 +586,8 @@ def _stored_decision(mv: ModelVersion) -> Decision:
         try:
             data = json.loads(raw)
             rows = [GateRow(**row) for row in data.get("table", [])]
-            return Decision(bool(data["promote"]), str(data["reason"]), rows)
+            basis = str(data.get("basis", "recorded"))
+            return Decision(bool(data["promote"]), str(data["reason"]), rows, basis)
         except (ValueError, KeyError, TypeError):
             pass
-    return Decision(True, f"version {mv.version} already holds alias '{CHAMPION}'", [])
+    return Decision(True, f"version {mv.version} already holds alias '{CHAMPION}'", [], "first")

@@ -87,92 +87,32 @@ def run(
         ValueError: the model was trained on another label layout, the split is empty,
             or a file is not what it should be (names it and the fix).
     """
-    from fashion_attr.classifier.export import load_exported_model
-    from fashion_attr.classifier.inference import predict_split
-    from fashion_attr.data.info import DatasetInfo
-    from fashion_attr.data.loader import make_loader
-    from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
     from fashion_attr.evaluation.report import read_metrics_json, write_report
-    from fashion_attr.runtime import resolve_device, use_bf16
+    from fashion_attr.evaluation.scoring import score_model
     from fashion_attr.steps.contract import scrub_tracking_uri
     from fashion_attr.tracking import Tracker
 
     comparison = read_metrics_json(compare_to) if compare_to else None
-    device = resolve_device(cfg.device)
-    info = DatasetInfo.load(data)
-    net, meta = load_exported_model(model, device)
-    if list(meta["attribute_names"]) != list(info.attribute_names) or list(
-        meta["category_names"]
-    ) != list(info.category_names):
-        raise ValueError(
-            f"model {model} was trained on another label layout than dataset {info.version}. "
-            "Fix: evaluate on the dataset version the model was trained on (or a descendant)"
-        )
-    if info.split_count(cfg.split) == 0:
-        raise ValueError(f"dataset {info.version} has no {cfg.split} images. Fix: use split=val")
-    pre = meta["preprocessing"]
-    attr_m = (
-        AttributeMetrics(
-            info.attribute_groups,
-            train_pos_counts=info.train_pos_counts.tolist(),
-            tail_threshold=cfg.tail_threshold,
-            ks=cfg.ks,
-        )
-        if info.num_attributes
-        else None
-    )
-    cat_m = CategoryMetrics(info.num_categories, ks=cfg.ks) if info.num_categories else None
-    loader = make_loader(
-        data,
-        cfg.split,
-        batch_size=cfg.batch_size,
-        cache_dir=cache_dir,
-        train=False,
-        seed=0,
-        epoch=0,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
-    )
-    n = predict_split(
-        net,
-        loader,
-        device=device,
-        image_size=pre["image_size"],
-        mean=tuple(pre["mean"]),
-        std=tuple(pre["std"]),
-        attr_metrics=attr_m,
-        cat_metrics=cat_m,
-        bf16=use_bf16("auto", device),
-    )
-    metrics: dict[str, float] = {}
-    per_attribute: list[dict] = []
-    if attr_m is not None:
-        metrics.update(attr_m.compute())
-        per_attribute = attr_m.per_attribute()
-    confusion = None
-    if cat_m is not None:
-        metrics.update(cat_m.compute())
-        confusion = cat_m.confusion_matrix()
-    tail = attr_m.num_tail_attributes if attr_m is not None else 0
+    scores = score_model(cfg, model, data, cache_dir=cache_dir)
+    metrics, n, tail = scores.metrics, scores.images, scores.tail_attributes
     extra = {
         "model": model,
-        "dataset_version": info.version,
+        "dataset_version": scores.dataset_version,
         "split": cfg.split,
         "images": n,
         "tail_attributes": tail,
         "config": config_to_dict(cfg),
-        "train_step": meta.get("step"),
+        "train_step": scores.model_meta.get("step"),
     }
     workdir = Path(tempfile.mkdtemp(prefix="fa-eval-"))
     paths = write_report(
         workdir,
         metrics,
-        per_attribute,
-        list(info.attribute_names),
-        list(info.category_names),
-        confusion,
-        title=f"Evaluation of {Path(model).name} on {info.version} ({cfg.split})",
+        scores.per_attribute,
+        scores.attribute_names,
+        scores.category_names,
+        scores.confusion,
+        title=f"Evaluation of {Path(model).name} on {scores.dataset_version} ({cfg.split})",
         extra=extra,
         comparison=comparison,
         model_name="challenger" if comparison else "this model",
@@ -182,7 +122,7 @@ def run(
     )
     scrub_tracking_uri()  # also when called in-process (the KFP adapter), not via main()
     tracker = Tracker(None, "evaluate")
-    tracker.set_tags({"dataset_version": info.version})
+    tracker.set_tags({"dataset_version": scores.dataset_version})
     tracker.log_metrics({k: v for k, v in metrics.items() if v is not None})
     uris = {p.name: storage.join(out, p.name) for p in paths}
     for p in paths:
@@ -201,7 +141,7 @@ def run(
         metrics={k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)},
         images=n,
         split=cfg.split,
-        dataset_version=info.version,
+        dataset_version=scores.dataset_version,
         tail_attributes=tail,
         model=model,
     )

@@ -4,10 +4,16 @@ Usage::
 
     python -m fashion_attr.steps.register --model <model.pt URI> --metrics <metrics.json URI> \
         [--model-name NAME] [--pipeline-run ID] [--tracking-uri URI] [--dataset-version V] \
-        [--code-version V] [--report FILE ...] [--out URI] [--preset ...] [--set k=v ...]
+        [--code-version V] [--report FILE ...] [--data <dataset version>] [--out URI] \
+        [--preset ...] [--set k=v ...]
 
 The new version always gets alias ``challenger``; it gets ``champion`` when the
-gate says so (:mod:`fashion_attr.registry.gate`). Re-running with the same
+gate says so (:mod:`fashion_attr.registry.gate`). With ``--data`` (the dataset
+version the challenger was evaluated on), the champion is scored now on the same
+test split, with the same tail set, and the gate compares those paired figures;
+both tables are recorded on the version. A champion that cannot be scored there
+(another label layout, an unreadable artifact) is kept unless
+``register.on_incomparable=promote``. Re-running with the same
 ``--pipeline-run`` reuses that run's version instead of registering a second one.
 ``--model-name`` overrides ``register.model_name`` of the config;
 ``--pipeline-run`` defaults to the variable ``FA_PIPELINE_RUN``. The tracking
@@ -24,11 +30,12 @@ failure.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from fashion_attr.config import RegisterConfig, load_config
+from fashion_attr.config import EvaluateConfig, RegisterConfig, load_config
 from fashion_attr.steps.contract import StepResult, add_config_args, run_cli, step_parser
 
 __all__ = ["RegisterResult", "main", "run"]
@@ -47,7 +54,9 @@ class RegisterResult(StepResult):
         previous_champion: the champion before the step (None for the first model).
         reused: the version already existed for this pipeline run.
         reason: the gate's reason, in words.
-        decision: the gate's decision with its comparison table.
+        decision: the gate's decision with its comparison table; ``basis`` says what the
+            champion's figures are (``paired``: scored now on this test split).
+        gate_table: the decision as Markdown.
         run_id: the MLflow run that logged the version.
         metrics_uri: the challenger's ``metrics.json``.
         dataset_version: the dataset the model was trained on.
@@ -65,6 +74,7 @@ class RegisterResult(StepResult):
     reused: bool
     reason: str
     decision: dict[str, Any]
+    gate_table: str = ""
     run_id: str | None = None
     metrics_uri: str = ""
     dataset_version: str | None = None
@@ -108,6 +118,17 @@ def run(
     """
     from fashion_attr.registry.mlflow_registry import register_and_gate
 
+    score_champion = None
+    if data is not None:
+        from fashion_attr.config import EvaluateConfig
+        from fashion_attr.evaluation.scoring import score_model
+
+        eval_cfg = evaluate_config if evaluate_config is not None else EvaluateConfig()
+
+        def score_champion(model_path: str) -> dict[str, float | None]:
+            metrics = score_model(eval_cfg, model_path, data).metrics
+            return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+
     if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ValueError(
             "register: no MLflow tracking server: MLFLOW_TRACKING_URI is not set (MLflow would "
@@ -124,6 +145,7 @@ def run(
         dataset_version=dataset_version,
         code_version=code_version,
         reports=reports,
+        score_champion=score_champion,
     )
     result = RegisterResult(
         name=done.name,
@@ -136,6 +158,7 @@ def run(
         reused=done.reused,
         reason=done.decision.reason,
         decision=done.decision.to_dict(),
+        gate_table=done.table,
         run_id=done.run_id,
         metrics_uri=metrics,
         dataset_version=dataset_version,
@@ -162,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report", dest="reports", action="append", default=[], help="file logged to the run"
     )
+    parser.add_argument(
+        "--data", default=None, help="dataset version evaluated on: score the champion there"
+    )
     parser.add_argument("--out", default=None, help="where to write result.json (optional)")
     add_config_args(parser)
     args = parser.parse_args(argv)
@@ -186,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             dataset_version=args.dataset_version,
             code_version=args.code_version,
             reports=args.reports,
+            data=args.data,
+            evaluate_config=load_config(
+                EvaluateConfig, preset=args.preset, config_file=args.config
+            ),
             out=args.out,
         )
 

@@ -1,0 +1,107 @@
+"""Dataset versions follow the images' content: restored, fixed and replaced images are new data.
+
+Each case starts from a fresh copy of the demo dataset, ingests it, changes the images
+the way a user would, and ingests again through the CLI (what the pipeline runs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fashion_attr.data.fingerprints import content_digest_of_tree, fingerprint_tree
+from fashion_attr.steps import preprocess
+from PIL import Image
+
+
+def _ingest(capsys: pytest.CaptureFixture[str], source: Path, dest: Path) -> dict[str, Any]:
+    argv = ["--source", str(source), "--dest", str(dest), "--image-size", "32", "--no-progress"]
+    assert preprocess.main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _images(root: Path) -> list[Path]:
+    return sorted((root / "Img").rglob("*.jpg"))
+
+
+def _skips(result: dict[str, Any]) -> int:
+    return int(result["skipped"])
+
+
+def test_a_restored_image_gives_a_new_version_with_it(
+    demo_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = _images(demo_copy)[3]
+    kept = tmp_path / "kept.jpg"
+    shutil.move(victim, kept)
+    missing = _ingest(capsys, demo_copy, tmp_path / "dest")
+    assert _skips(missing) == 1
+    shutil.move(kept, victim)  # the image is back
+    restored = _ingest(capsys, demo_copy, tmp_path / "dest")
+    assert restored["version"] != missing["version"] and restored["status"] == "created"
+    assert _skips(restored) == 0
+    assert sum(restored["counts"].values()) == sum(missing["counts"].values()) + 1
+
+
+def test_a_fixed_corrupt_image_gives_a_new_version_with_it(
+    demo_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = _images(demo_copy)[5]
+    good = victim.read_bytes()
+    victim.write_bytes(good[: len(good) // 3])  # truncated: undecodable
+    broken = _ingest(capsys, demo_copy, tmp_path / "dest")
+    assert _skips(broken) == 1
+    victim.write_bytes(good)
+    fixed = _ingest(capsys, demo_copy, tmp_path / "dest")
+    assert fixed["version"] != broken["version"] and _skips(fixed) == 0
+
+
+def test_a_replaced_image_gives_a_new_version_and_an_untouched_one_a_no_op(
+    demo_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "dest"
+    first = _ingest(capsys, demo_copy, dest)
+    again = _ingest(capsys, demo_copy, dest)
+    assert again["version"] == first["version"] and again["status"] == "exists"
+    victim = _images(demo_copy)[7]
+    with Image.open(victim) as im:
+        flipped = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    buf = io.BytesIO()
+    flipped.save(buf, format="JPEG", quality=90)
+    victim.write_bytes(buf.getvalue())  # same name, same size class, other pixels
+    replaced = _ingest(capsys, demo_copy, dest)
+    assert replaced["version"] != first["version"] and replaced["status"] == "created"
+
+
+def test_same_bytes_under_new_stamps_keep_the_version_and_only_they_are_read(
+    demo_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "dest"
+    first = _ingest(capsys, demo_copy, dest)
+    images = _images(demo_copy)
+    for path in images[:4]:  # touched: new modification times, same content
+        os.utime(path, ns=(1, 1))
+    digest, rehashed = content_digest_of_tree(str(demo_copy / "Img"), str(dest))
+    assert rehashed == 4  # only the touched files were read again
+    again = _ingest(capsys, demo_copy, dest)
+    assert again["version"] == first["version"] and again["status"] == "exists"
+    assert content_digest_of_tree(str(demo_copy / "Img"), str(dest)) == (digest, 0)
+    # A copy elsewhere (every stamp new) is the same content, hence the same version.
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_copy, moved)
+    assert _ingest(capsys, moved, dest)["version"] == first["version"]
+
+
+def test_fingerprints_of_a_tree_are_paths_sizes_and_stamps(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.jpg").write_bytes(b"123")
+    (tmp_path / "y.jpg").write_bytes(b"12345")
+    prints = fingerprint_tree(str(tmp_path))
+    assert set(prints) == {"a/b/x.jpg", "y.jpg"}
+    assert prints["a/b/x.jpg"][0] == 3 and prints["y.jpg"][0] == 5
+    assert fingerprint_tree(str(tmp_path / "missing")) == {}
