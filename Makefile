@@ -15,6 +15,10 @@ BASE_IMAGE ?=
 PUSH ?= 0
 ENGINE := bash scripts/container-engine.sh
 PYTEST_ARGS ?=
+# Test files run on this many pytest-xdist workers (one file stays on one worker, so a
+# module's MLflow server or trained model is built once); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # make serve / make predict: the champion of the local demo pipeline (make run).
 MODEL ?= fashion-attr-demo
 PORT ?= 5001
@@ -39,13 +43,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install the project with its test extras
 
 test: $(STAMP) ## Run the test suite (not the slow or container tests)
-	$(PY) -m pytest -m "not slow and not containers" -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not containers" -q $(XDIST) $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## Run only the slow tests
-	$(PY) -m pytest -m "slow and not containers" -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and not containers" -q $(XDIST) $(PYTEST_ARGS)
 
 test-all: $(STAMP) ## Run every test but the container ones
-	$(PY) -m pytest -m "not containers" -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not containers" -q $(XDIST) $(PYTEST_ARGS)
 
 test-containers: $(STAMP) ## Build the image here and run the DAG, a step and serving in containers
 	bash scripts/test-containers.sh $(PYTEST_ARGS)

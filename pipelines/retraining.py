@@ -55,6 +55,9 @@ GPUS_PER_STEP = int(os.environ.get("FA_GPUS_PER_STEP", "1"))
 TRAIN_NODES = int(os.environ.get("FA_TRAIN_NODES", "1"))
 #: The job kind when TRAIN_NODES > 1: trainjob (Kubeflow Trainer) or pytorchjob.
 TRAIN_JOB_KIND = os.environ.get("FA_TRAIN_JOB_KIND", "trainjob")
+#: The Kubeflow Trainer release of the cluster (2.1, 2.2 or 2.3) for launchers that may not
+#: read its CRD (no cluster-scoped RBAC); empty: the launcher reads the CRD.
+TRAINER_RELEASE = os.environ.get("FA_TRAINER_RELEASE", "")
 SHM_SIZE = os.environ.get("FA_SHM_SIZE", "16Gi")
 OBJECT_STORE_SECRET = os.environ.get("FA_OBJECT_STORE_SECRET", "object-store-credentials")
 MLFLOW_SECRET = os.environ.get("FA_MLFLOW_SECRET", "mlflow-credentials")
@@ -166,6 +169,8 @@ def _training(task: dsl.PipelineTask, name: str) -> None:
     _credentials(task, mlflow=True)
     if TRAIN_NODES > 1:  # a launcher: the training job's pods hold the GPUs
         _on_cpu(task, memory="2Gi", cpu="1", retries=3)
+        if TRAINER_RELEASE:
+            task.set_env_variable("FA_TRAINER_RELEASE", TRAINER_RELEASE)
     else:
         _on_gpu(task, GPUS_PER_STEP)
 

@@ -41,6 +41,10 @@ SUMMARY_KEYS = (
 )
 #: The image ``make image`` builds (docker/Dockerfile); ``--image`` overrides.
 DEFAULT_IMAGE = "fashion-attr:0.1.0"
+ROOT = Path(__file__).resolve().parents[1]
+#: What the Makefile's serve, predict and mlflow-ui targets assume (MLFLOW_DB, MODEL).
+DEFAULT_WORKDIR = ".local_pipeline"
+DEFAULT_MODEL = "fashion-attr-demo"
 
 
 class QuietKfpOutput:
@@ -147,11 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess")
-    parser.add_argument("--workdir", default=".local_pipeline", help="storage, MLflow, KFP files")
+    parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="storage, MLflow, KFP files")
     parser.add_argument("--images", type=int, default=2000, help="demo images to generate")
     parser.add_argument("--seed", type=int, default=None, help="demo seed (default: a new one)")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--model-name", default="fashion-attr-demo")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL)
     parser.add_argument("--gan-overrides", default="none")
     parser.add_argument("--classifier-overrides", default="none")
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="project image (docker runner)")
@@ -239,8 +243,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = real_stdout
     _save_seed(workdir, seed)
     summary = json.loads(run.output)
-    _print_summary(summary, time.time() - t0, workdir, args.model_name)
+    _print_summary(summary, time.time() - t0, workdir, args.model_name, _example_photo(source))
     return 0
+
+
+def _example_photo(source: str) -> tuple[Path, str] | None:
+    """A test image of the demo catalog and its box (``x1,y1,x2,y2``), for the summary."""
+    from fashion_attr.data.sources import resolve_source
+
+    root = Path(resolve_source(source))
+    try:
+        split = (root / "Eval" / "list_eval_partition.txt").read_text().splitlines()[2:]
+        boxes = (root / "Anno" / "list_bbox.txt").read_text().splitlines()[2:]
+    except OSError:
+        return None
+    tests = {f[0] for f in (line.split() for line in split) if len(f) == 2 and f[1] == "test"}
+    for line in boxes:
+        fields = line.split()
+        if len(fields) == 5 and fields[0] in tests:
+            return root / "Img" / fields[0], ",".join(fields[1:])
+    return None
 
 
 def _pipeline_defaults() -> dict[str, Any]:
@@ -252,7 +274,13 @@ def _pipeline_defaults() -> dict[str, Any]:
     return {k: p.default for k, p in params.items()}
 
 
-def _print_summary(summary: dict, elapsed: float, workdir: Path, model_name: str) -> None:
+def _print_summary(
+    summary: dict,
+    elapsed: float,
+    workdir: Path,
+    model_name: str,
+    photo: tuple[Path, str] | None = None,
+) -> None:
     from fashion_attr.evaluation.report import read_metrics_json
 
     metrics = read_metrics_json(summary["metrics_uri"])
@@ -272,14 +300,23 @@ def _print_summary(summary: dict, elapsed: float, workdir: Path, model_name: str
     print(f"Gate decision   : {summary.get('reason')}")
     if summary.get("gate_table"):
         print("\n" + summary["gate_table"])
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    print("Browse runs and models (MLflow UI):")
-    print(
-        f"    make mlflow-ui          # = .venv/bin/python -m mlflow ui --backend-store-uri {uri}"
-    )
-    print("Serve the champion and classify an image:")
-    print(f"    make serve              # serves models:/{model_name}@champion on port 5001")
-    print("    make predict IMAGE=path/to/photo.jpg [BBOX=x1,y1,x2,y2]")
+    # The make targets default to `make run`'s folder and model; name them otherwise.
+    where = []
+    if workdir != (ROOT / DEFAULT_WORKDIR).resolve():
+        where.append(f"MLFLOW_DB={workdir / 'mlflow.db'}")
+    if model_name != DEFAULT_MODEL:
+        where.append(f"MODEL={model_name}")
+    extra = "".join(f" {w}" for w in where)
+    print("Browse runs and models (MLflow UI, http://127.0.0.1:5000):")
+    print(f"    make mlflow-ui{extra}")
+    print(f"Serve the champion (models:/{model_name}@champion, port 5001; Ctrl-C stops it):")
+    print(f"    make serve{extra}")
+    print("then, in another terminal, classify a demo test image (crop to its box, or whole):")
+    if photo is not None:
+        print(f"    make predict PHOTO={photo[0]} BBOX={photo[1]}")
+        print(f"    make predict PHOTO={photo[0]}")
+    else:
+        print("    make predict PHOTO=path/to/photo.jpg [BBOX=x1,y1,x2,y2]")
     print("=" * 72)
 
 

@@ -37,6 +37,11 @@ Fixtures (all CPU-only, no network):
 
 Hook: tests marked ``@pytest.mark.gpu`` are skipped when CUDA is not available
 (so a test needs no ``skipif`` of its own).
+
+``make test`` runs the files on two pytest-xdist workers (``--dist loadfile``: a
+file's tests share one worker, so module fixtures such as an MLflow server are
+built once). Session fixtures are built once per worker that uses them; the shared
+local DAG (``local_pipeline``) is used by one file only, so it runs once.
 """
 
 from __future__ import annotations

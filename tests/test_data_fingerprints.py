@@ -105,3 +105,61 @@ def test_fingerprints_of_a_tree_are_paths_sizes_and_stamps(tmp_path: Path) -> No
     assert set(prints) == {"a/b/x.jpg", "y.jpg"}
     assert prints["a/b/x.jpg"][0] == 3 and prints["y.jpg"][0] == 5
     assert fingerprint_tree(str(tmp_path / "missing")) == {}
+
+
+def test_an_s3_source_is_known_from_its_listing_and_follows_a_replaced_object(
+    demo_copy: Path, tmp_path: Path, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain ETags are the MD5 of the bytes: no image is read, yet content changes show."""
+    from fashion_attr import storage
+
+    images = _images(demo_copy)[:6]
+    for path in images:
+        key = f"src/Img/{path.relative_to(demo_copy / 'Img').as_posix()}"
+        s3_server.client.upload_file(str(path), s3_server.bucket, key)
+    root = s3_server.uri("src/Img")
+    reads: list[str] = []
+    real_open = storage.open_binary
+
+    def counting_open(uri: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(uri)
+        return real_open(uri, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "open_binary", counting_open)
+    local = tmp_path / "local"
+    for path in images:
+        target = local / path.relative_to(demo_copy / "Img")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    digest_local, hashed_local = content_digest_of_tree(str(local), str(tmp_path / "d1"))
+    assert hashed_local == len(images) and len(reads) == len(images)
+    reads.clear()
+    digest_s3, hashed_s3 = content_digest_of_tree(root, s3_server.uri("dest"))
+    # The same bytes give the same digest on S3 as on disk, with not one GET of an image.
+    assert (digest_s3, hashed_s3, reads) == (digest_local, 0, [])
+
+    # Replace one object's pixels: its ETag, hence the digest, changes.
+    with Image.open(images[2]) as im:
+        buf = io.BytesIO()
+        im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(buf, format="JPEG", quality=90)
+    key2 = f"src/Img/{images[2].relative_to(demo_copy / 'Img').as_posix()}"
+    s3_server.client.put_object(Bucket=s3_server.bucket, Key=key2, Body=buf.getvalue())
+    assert buf.getvalue() != images[2].read_bytes()
+    replaced, _ = content_digest_of_tree(root, s3_server.uri("dest"))
+    assert replaced != digest_s3
+
+    # A multipart ETag ("<md5>-<parts>") is no content hash: that object is read.
+    from boto3.s3.transfer import TransferConfig
+
+    s3_server.client.upload_file(
+        str(images[2]),
+        s3_server.bucket,
+        key2,
+        Config=TransferConfig(multipart_threshold=1024, multipart_chunksize=5 * 1024 * 1024),
+    )
+    head = s3_server.client.head_object(Bucket=s3_server.bucket, Key=key2)
+    assert "-" in head["ETag"]
+    reads.clear()
+    restored, hashed = content_digest_of_tree(root, s3_server.uri("dest"))
+    assert hashed == 1 and reads == [storage.join(root, key2[len("src/Img/") :])]
+    assert restored == digest_s3  # the original bytes are back: the original digest

@@ -119,6 +119,22 @@ def test_a_multi_node_launcher_holds_no_gpu_and_torchrun_gets_the_gpu_count(tmp_
         assert params["gpus"]["runtimeValue"]["constant"] == 4
 
 
+def test_a_trainer_release_given_at_compile_time_reaches_the_launchers_only(
+    tmp_path: Path,
+) -> None:
+    """FA_TRAINER_RELEASE at compile time spares a launcher the CRD read (cluster RBAC)."""
+    spec, _ = _compile(tmp_path, FA_TRAIN_NODES="2", FA_TRAINER_RELEASE="2.2")
+    tasks = spec["root"]["dag"]["tasks"]
+    launchers = 0
+    for name, task in tasks.items():
+        container = _executor(spec, task) or {}  # the ingest loop is a DAG: no container
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        launchers += env.get("FA_TRAINER_RELEASE") is not None
+        expected = "2.2" if name in ("gan-training", "classifier-training") else None
+        assert env.get("FA_TRAINER_RELEASE") == expected, name
+    assert launchers == 2
+
+
 def _seconds(duration: str) -> float:
     assert duration.endswith("s"), duration
     return float(duration[:-1])

@@ -1,8 +1,10 @@
 """The whole DAG runs locally with kfp.local (what `make run` does), on tiny budgets.
 
 The DAG runs once per test session (the ``local_pipeline`` fixture of conftest.py),
-with sentinel secrets in its environment; this module and the secret scan of
-``test_security_secrets.py`` read that one run. A second run (the gate on new
+with sentinel secrets in its environment; this module's tests, its secret scan
+among them (with the scanners of ``test_security_secrets.py``), read that one run.
+Under ``make test`` (pytest-xdist, ``--dist loadfile``) every test of the run is in
+this file, so one worker runs the DAG, once. A second run (the gate on new
 catalog data) works on a copy of its folder.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LocalPipeline, run_local_pipeline
+from conftest import CANARY, LocalPipeline, run_local_pipeline
 
 
 def _registry(workdir: Path, name: str) -> tuple[list, dict]:
@@ -61,6 +63,59 @@ def test_make_run_output_is_the_steps_progress_and_the_summary(
     assert len(out.splitlines()) < 120, out
 
 
+def test_the_summarys_serve_and_predict_commands_work_verbatim(
+    local_pipeline: LocalPipeline,
+) -> None:
+    """Copy the printed `make serve` and `make predict` lines: a served champion answers."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from conftest import ROOT, sentinel_env
+    from mlflow_server import free_port
+
+    commands = [line.strip() for line in local_pipeline.stdout.splitlines()]
+    [serve] = [c for c in commands if c.startswith("make serve")]
+    predicts = [c for c in commands if c.startswith("make predict")]
+    assert len(predicts) == 2 and "BBOX=" in predicts[0], predicts
+    port = f"PORT={free_port()}"
+    server = subprocess.Popen(
+        [*shlex.split(serve), port],
+        cwd=ROOT,
+        env=sentinel_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port.split('=')[1]}/ping"
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "make serve did not answer /ping in 180 s"
+            time.sleep(0.5)
+        for command in predicts:
+            done = subprocess.run(
+                [*shlex.split(command), port], cwd=ROOT, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            # (under `make test`, make also prints "Entering/Leaving directory" lines)
+            answer, _ = json.JSONDecoder().raw_decode(done.stdout, done.stdout.index("{"))
+            assert answer["category"] and answer["top_k"], answer
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_second_run_on_new_demo_data_registers_a_new_version_and_gates(
     local_pipeline: LocalPipeline, tmp_path: Path
@@ -74,3 +129,23 @@ def test_second_run_on_new_demo_data_registers_a_new_version_and_gates(
     assert aliases["champion"] in ("1", "2")  # the registry always keeps one champion
     assert aliases["challenger"] == "2" or aliases["champion"] == "2"
     assert json.loads((workdir / "state.json").read_text())["next_seed"] == 2
+
+
+def test_local_pipeline_run_leaks_no_secret(local_pipeline: LocalPipeline) -> None:
+    """The shared local DAG run (conftest.py) had sentinel secrets in every credential."""
+    import mlflow
+    from test_security_secrets import leaks, scan_files, scan_mlflow
+
+    workdir = local_pipeline.workdir
+    output = (local_pipeline.stdout + local_pipeline.stderr).encode()
+    found = leaks(output, "run_local stdout/stderr")
+    files_found, files = scan_files(workdir.rglob("*"))
+    found += files_found
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    api_found, seen = scan_mlflow(client)
+    found += api_found
+    assert found == [], "\n".join(found)
+    kfp_files = list((workdir / "kfp").rglob("*"))
+    assert files >= 20 and len(kfp_files) >= 10
+    assert seen["runs"] >= 5 and seen["params"] >= 20 and seen["versions"] == 1
+    assert f"Registered model: {CANARY} version 1" in local_pipeline.stdout

@@ -1,8 +1,16 @@
 """The content of a source's images, known cheaply, so that a dataset version follows it.
 
 A version id hashes the annotation files, the ingest settings and the **content
-digest** of the images: one sha256 over every image's path and content hash.
-Content hashes are expensive (a full read), so they are remembered per source in
+digest** of the images: one sha256 over every image's path and content hash. The
+content hash of a file is the MD5 of its bytes, because that is what S3 already
+reports: a plain (single-part) object's ETag *is* that MD5, so an S3 source is
+known from its listing alone, without reading a single image (at 289k images that
+saves as many GETs as the ingest itself makes). Multipart ETags (``<md5>-<parts>``)
+are not content hashes: those objects are read and hashed. MD5 is an identity of
+content here, not a defence against an attacker who crafts collisions. (Objects
+encrypted with SSE-KMS or SSE-C have ETags that are not the MD5 of the bytes but
+change on every write: such a source can only give a *new* version too often,
+never keep a stale one.) Full reads are expensive, so hashes are remembered per source in
 ``<dest>/_fingerprints/<source key>.json.gz`` beside a cheap fingerprint of each
 file: its size and a stamp that changes when the file is rewritten (the object's
 ETag on S3; the modification time in nanoseconds on a local disk). A later ingest
@@ -27,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,8 +96,11 @@ def fingerprint_tree(root: str) -> dict[str, Fingerprint]:
     return out
 
 
-def _sha256(uri: str) -> str | None:
-    digest = hashlib.sha256()
+_PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _md5(uri: str) -> str | None:
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         with storage.open_binary(uri) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -101,13 +113,13 @@ def _sha256(uri: str) -> str | None:
 def hash_objects(
     uris: Iterable[str], workers: int = 16, what: str = "images"
 ) -> dict[str, str | None]:
-    """``{uri: sha256 of its bytes, or None when missing}``, read in parallel threads."""
+    """``{uri: MD5 of its bytes, or None when missing}``, read in parallel threads."""
     uris = list(dict.fromkeys(uris))
     if not uris:
         return {}
     start, out = time.monotonic(), {}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(uris)))) as pool:
-        for i, (uri, sha) in enumerate(zip(uris, pool.map(_sha256, uris), strict=True), 1):
+        for i, (uri, sha) in enumerate(zip(uris, pool.map(_md5, uris), strict=True), 1):
             out[uri] = sha
             if i % 20000 == 0:
                 rate = i / max(time.monotonic() - start, 1e-9)
@@ -156,9 +168,12 @@ def content_digest_of_tree(root: str, dest: str, workers: int = 16) -> tuple[str
     cache = _load_cache(cache_uri)
     hashes: dict[str, str | None] = {}
     stale = []
+    s3 = storage.is_s3(root)
     for rel, (size, stamp) in prints.items():
         cached = cache.get(rel)
-        if cached and cached[0] == size and cached[1] == stamp:
+        if s3 and _PLAIN_ETAG.match(stamp):
+            hashes[rel] = stamp  # a single-part object's ETag is the MD5 of its bytes
+        elif cached and cached[0] == size and cached[1] == stamp:
             hashes[rel] = cached[2]
         else:
             stale.append(rel)

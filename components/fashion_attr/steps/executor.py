@@ -47,6 +47,7 @@ from fashion_attr.steps.contract import (
     clear_error,
     exit_code_for,
     read_error,
+    skip_final_collections,
 )
 
 __all__ = ["STEPS", "Placement", "check_gpus", "execute", "task_attempt"]
@@ -275,6 +276,7 @@ def task_attempt(task: str, storage_uri: str, scope: str) -> Iterator[None]:
                 f"{earlier} (not retried: an earlier attempt hit this user error)"
             )
         yield
+        skip_final_collections()
     except BaseException as exc:
         code = exit_code_for(exc)
         print(f"{task}: {'error' if code == EXIT_USER else 'failed'}: {exc}", file=sys.stderr)
