@@ -45,6 +45,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,7 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 from fashion_attr.classifier.model import build_classifier
+from fashion_attr.evaluation.gan_quality import diversity, frechet_distance
 from fashion_attr.gan.networks import MRGenerator, make_condition
+from fashion_attr.losses.decorrelation import msc_floor
 
 SCRIPT = "decorrelation"
 NUM_CLASSES = 10
@@ -83,10 +86,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--n-gen", type=int, default=5000, help="generated images per setting")
     p.add_argument("--seeds", type=int, default=1, help="GAN seeds per DC weight")
     p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--lenet-seed", type=int, default=0, help="seed of the feature LeNet")
+    p.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated result folders of runs split over seeds: one table, no training",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--out", default=str(common.default_out(SCRIPT)), help="results folder")
     args = p.parse_args(argv)
+    if args.merge:
+        args.merge = [Path(v) for v in args.merge.split(",") if v.strip()]
+        return args
     try:
         args.weights = [float(v) for v in args.dc_weights.split(",") if v.strip()]
     except ValueError:
@@ -128,38 +140,6 @@ def features(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.nd
         feats.append(f.double().cpu())
         preds.append(model.cat_head(f).argmax(1).cpu())
     return torch.cat(feats).numpy(), torch.cat(preds).numpy()
-
-
-def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between Gaussian fits.
-
-    ``tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2))``: the inner matrix
-    is symmetric PSD, so symmetric eigen-decompositions suffice (no scipy).
-    """
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    r1 = _sqrtm_psd(s1)
-    inner = r1 @ s2 @ r1
-    tr_cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_cross)
-
-
-def diversity(f: np.ndarray, y: np.ndarray, per_class: int = 500) -> float:
-    """Mean pairwise feature distance within a class, averaged over classes."""
-    out = []
-    for c in range(NUM_CLASSES):
-        fc = torch.as_tensor(f[y == c][:per_class])
-        if fc.shape[0] < 2:
-            continue
-        d = torch.cdist(fc, fc)
-        n = fc.shape[0]
-        out.append(float(d.sum() / (n * (n - 1))))
-    return float(np.mean(out)) if out else float("nan")
 
 
 @torch.no_grad()
@@ -228,6 +208,8 @@ def plot_grids(panels: list[tuple[str, torch.Tensor]], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     device = common.resolve_device(args.device, args.threads)
     log = common.RunLog(SCRIPT, device)
     log.header()
@@ -246,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     with common.timer() as t:
-        lenet = train_feature_lenet(x_pool, y_pool, args.lenet_epochs, args.seed)
+        # Its own seed, not --seed: runs split over seeds (--merge) share one feature space.
+        lenet = train_feature_lenet(x_pool, y_pool, args.lenet_epochs, args.lenet_seed)
     f_test, p_test = features(lenet, x_test)
     f_pool, _ = features(lenet, x_pool)
     y_test_np = y_test.cpu().numpy()
@@ -311,17 +294,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.meta,
             )
 
-    keys = ("lenet_fd", "cond_acc", "diversity", "final_msc", "wall_s")
+    reference = {
+        "fd_floor": fd_floor,
+        "lenet_err": lenet_err,
+        "div_test": div_test,
+        "msc_floor": msc_floor(spec.z_dim, spec.base_size**2),
+        "steps": steps,
+    }
+    (out / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
+    real_idx = torch.cat([torch.nonzero(y_test == c)[:10, 0] for c in range(NUM_CLASSES)])
+    panels.append(("real (test half)", x_test[real_idx]))
+    plot_msc(history, args.weights, out / "msc.png")
+    plot_grids(panels, out / "samples.png")
+    write_summary(out, quality, history, reference, log, args.seeds)
+    log.print(f"# wrote {out}/summary.md, quality.csv, history.csv, msc.png, samples.png")
+    return 0
+
+
+HISTORY_KEYS = ("weight", "seed", "step", "loss_d", "loss_g", "msc", "dc")
+QUALITY_KEYS = ("lenet_fd", "cond_acc", "diversity", "final_msc", "wall_s")
+
+
+def write_summary(
+    out: Path,
+    quality: list[dict[str, float]],
+    history: list[dict[str, float]],
+    reference: dict[str, float],
+    log: common.RunLog,
+    seeds: int,
+) -> None:
+    """quality.csv and summary.md: per DC weight, mean ± std over the seeds."""
     common.write_csv(
         out / "quality.csv",
-        ["weight", "seed", *keys],
-        [[q["weight"], q["seed"], *[f"{q[k]:.5f}" for k in keys]] for q in quality],
+        ["weight", "seed", *QUALITY_KEYS],
+        [[q["weight"], q["seed"], *[f"{q[k]:.5f}" for k in QUALITY_KEYS]] for q in quality],
         log.meta,
     )
+    weights = sorted({q["weight"] for q in quality})
     rows = []
-    for w in args.weights:
+    for w in weights:
         qs = [q for q in quality if q["weight"] == w]
-        cells = [f"{w:g}"]
+        cells = [f"{w:g}", str(len(qs))]
         for k, fmt in (
             ("lenet_fd", ".3f"),
             ("cond_acc", ".3f"),
@@ -331,21 +344,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             mu, sd = common.mean_std([q[k] for q in qs])
             cells.append(f"{mu:{fmt}} ± {sd:{fmt}}")
         init = [h["msc"] for h in history if h["weight"] == w and h["step"] == 0]
-        cells.insert(4, f"{np.mean(init):.4f}")
+        cells.insert(5, f"{np.mean(init):.4f}" if init else "")
         rows.append(cells)
     rows.append(
         [
             "real pool (floor)",
-            f"{fd_floor:.3f}",
-            f"{1 - lenet_err / 100:.3f}",
-            f"{div_test:.3f} (test)",
             "",
+            f"{reference['fd_floor']:.3f}",
+            f"{1 - reference['lenet_err'] / 100:.3f}",
+            f"{reference['div_test']:.3f} (test)",
             "",
+            f"{reference['msc_floor']:.4f} (floor)",
         ]
     )
     table = common.format_table(
         [
             "DC weight",
+            "seeds",
             "LeNet-FD (lower better)",
             "cond. acc",
             "diversity",
@@ -354,14 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         rows,
     )
-    real_idx = torch.cat([torch.nonzero(y_test == c)[:10, 0] for c in range(NUM_CLASSES)])
-    panels.append(("real (test half)", x_test[real_idx]))
-    plot_msc(history, args.weights, out / "msc.png")
-    plot_grids(panels, out / "samples.png")
     log.print()
     log.print(
-        f"MR-GAN on MNIST pool, {steps} steps; LeNet-FD vs test half (not Inception FID); "
-        f"mean ± std over {args.seeds} seed(s):"
+        f"MR-GAN on MNIST pool, {reference['steps']} steps; LeNet-FD vs test half (not "
+        f"Inception FID); mean ± std over {seeds} seed(s); msc floor = the lowest mean squared "
+        "cosine these filters can have (frame bound):"
     )
     log.print(table)
     log.print(f"# total wall time {log.elapsed():.0f} s")
@@ -372,7 +384,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "\n".join(log.lines[len(log.meta) :])
         + "\n"
     )
-    log.print(f"# wrote {out}/summary.md, quality.csv, history.csv, msc.png, samples.png")
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    if not path.is_file():
+        raise SystemExit(f"--merge: {path} not found; pass folders written by this script")
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(lines)]
+
+
+def merge(args: argparse.Namespace) -> int:
+    """``--merge``: one table from runs split over seeds (same LeNet, same budget)."""
+    log = common.RunLog(SCRIPT, torch.device("cpu"))
+    log.header()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quality: list[dict[str, float]] = []
+    history: list[dict[str, float]] = []
+    references = []
+    for folder in args.merge:
+        ref_path = folder / "reference.json"
+        if not ref_path.is_file():
+            raise SystemExit(f"--merge: {ref_path} not found; pass folders written by this script")
+        references.append(json.loads(ref_path.read_text()))
+        part = _read_csv(folder / "quality.csv")
+        seen = {(q["weight"], q["seed"]) for q in quality}
+        clash = [k for k in ((q["weight"], q["seed"]) for q in part) if k in seen]
+        if clash:
+            raise SystemExit(f"--merge: weight/seed {clash[0]} of {folder} is already merged")
+        quality += part
+        history += _read_csv(folder / "history.csv")
+    if any(r != references[0] for r in references[1:]):
+        raise SystemExit(
+            "--merge: the parts differ in feature LeNet or budget (reference.json); run them "
+            "with the same --lenet-seed, --scale and data"
+        )
+    common.write_csv(
+        out / "history.csv",
+        list(HISTORY_KEYS),
+        [[h[k] for k in HISTORY_KEYS] for h in history],
+        log.meta,
+    )
+    (out / "reference.json").write_text(json.dumps(references[0], indent=1) + "\n")
+    seeds = len({q["seed"] for q in quality})
+    write_summary(out, quality, history, references[0], log, seeds)
+    log.print(f"# wrote {out}/summary.md, quality.csv, history.csv")
     return 0
 
 

@@ -8,7 +8,7 @@ pool, images 0-4999 of the MNIST test file; test error on images 5000-9999):
     conditions = the n images' labels, DC weight 2e-6, Adam) is trained on the
     n images and frozen; LeNet is then trained with ``L = CE + lambda * L_SC``
     every step (lambda 0.05, eq. 11), ``L_SC`` the hardness-weighted
-    deactivation loss of eq. 6/10 on perturbed synthetic images (sigma_p from
+    deactivation loss of eq. 5/10 on perturbed synthetic images (sigma_p from
     the paper's table), the hard-label memory updated from every real batch
     with the category hardness.
 (c) **AC-GAN** (semi-supervised GAN baseline, Odena 2016 / Salimans et al. 2016):
@@ -48,7 +48,7 @@ Examples:
             --seeds 2 --gan-top-channels 16 --threads 1 --out b; wait
         python bench/mnist_deact.py --merge a,b --out merged
 
-    Deact with the centred eq. 6 as well (``--methods lenet,deact,acgan,deact_c``).
+    Deact with the centred eq. 5 as well (``--methods lenet,deact,acgan,deact_c``).
 
     Paper budget on a GPU::
 
@@ -89,7 +89,7 @@ PAPER: dict[int, tuple[float, float, float, float]] = {
 }
 DEFAULT_SIGMA_P = 2.4
 
-#: ``deact_c``: Deact with the centred (shift-invariant) eq. 6, an option beyond the paper.
+#: ``deact_c``: Deact with the centred (shift-invariant) eq. 5, the project's default.
 METHODS = ("lenet", "deact", "acgan", "deact_c")
 DEFAULT_METHODS = ("lenet", "deact", "acgan")
 
@@ -185,7 +185,7 @@ def sigma_for(args: argparse.Namespace, n: int) -> float:
 def test_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Top-1 error in % over the first 10 logits, and the mean of their largest.
 
-    The second number shows eq. 6 on raw logits at work: it can be met by
+    The second number shows eq. 5 on raw logits at work: it can be met by
     lowering all logits together, which leaves the error as it was.
     """
     model.eval()
@@ -228,7 +228,7 @@ def train_lenet(
             loss_real = bce_loss(None, None, cat_logits=cat, cat_targets=yb)
             hard = category_hardness(cat.detach(), yb, args.hardness_gamma)
             deact.memory.update(None, None, None, hard, yb)
-            # eq. 11: L = L_real + lambda * L_SC, L_SC the weighted average of eq. 6/10.
+            # eq. 11: L = L_real + lambda * L_SC, L_SC the weighted average of eq. 5/10.
             loss = loss_real + args.deact_lambda * deact.loss(None, cat_syn, syn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -418,7 +418,7 @@ def max_logit_table(runs: list[dict[str, float]], ns: list[int], methods: list[s
     """Mean over seeds of the mean max category logit on the test images, per n and method.
 
     Softmax CE ignores a shift common to all logits, so a Deact that lowers every logit
-    (eq. 6 on raw logits) shows here while the error stays put. Empty when not recorded.
+    (eq. 5 on raw logits) shows here while the error stays put. Empty when not recorded.
     """
     rows = []
     for n in ns:

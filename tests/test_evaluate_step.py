@@ -170,10 +170,11 @@ def test_compare_to_adds_a_comparison_table(
     assert summary["images"] == 3
     report = (out / "report.md").read_text()
     assert "## Comparison: challenger vs champion" in report
-    line = next(row for row in report.splitlines() if "attr_recall@1/all" in row)
+    table = report.split("## Comparison: challenger vs champion")[1]
+    line = next(row for row in table.splitlines() if "attr_recall@1/all" in row)
     # challenger 20.00 %, champion 10.00 %: +10.00 pp.
     assert "20.00" in line and "10.00" in line and "+10.00" in line
-    cat_line = next(row for row in report.splitlines() if "cat_top1_acc" in row)
+    cat_line = next(row for row in table.splitlines() if "cat_top1_acc" in row)
     assert "33.33" in cat_line and "50.00" in cat_line and "-16.67" in cat_line
 
     bad = tmp_path / "bad.json"

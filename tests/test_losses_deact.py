@@ -1,4 +1,8 @@
-"""Deactivation losses (eq. 5, 6) and the hardness-weighted synthetic average (eq. 10)."""
+"""Deactivation losses (eq. 5, 6) and the hardness-weighted synthetic average (eq. 10).
+
+The paper's eq. 5 is the multi-class hinge, eq. 6 the binary ``s ** 2``. The multi-class
+loss centres the logits by default (method.md); ``centered=False`` is the literal eq. 5.
+"""
 
 import pytest
 import torch
@@ -17,22 +21,27 @@ def test_binary_is_logit_squared():
 
 def test_multiclass_hinge_with_threshold():
     s = torch.tensor([[-5.0, -4.6, 0.0, 1.0]])
-    # relu(s - (-4.6)) = [0, 0, 4.6, 5.6]; squares 21.16 + 31.36, / C = 4.
-    got = deact_multiclass_loss(s)
+    # The literal eq. 5: relu(s - (-4.6)) = [0, 0, 4.6, 5.6]; squares 21.16 + 31.36, / C = 4.
+    got = deact_multiclass_loss(s, centered=False)
     assert got.shape == (1,)
     assert got.item() == pytest.approx((4.6**2 + 5.6**2) / 4, rel=1e-6)
     # A different T: relu(s - 0) = [0, 0, 0, 1] -> 1 / 4.
-    assert deact_multiclass_loss(s, threshold=0.0).item() == pytest.approx(0.25)
+    assert deact_multiclass_loss(s, threshold=0.0, centered=False).item() == pytest.approx(0.25)
     # All logits below T cost nothing.
-    assert deact_multiclass_loss(torch.full((2, 3), -6.0)).tolist() == [0.0, 0.0]
+    assert deact_multiclass_loss(torch.full((2, 3), -6.0), centered=False).tolist() == [0.0, 0.0]
+    # The default centres first: the same logits cost as their centred values do.
+    centred = s - s.mean(dim=1, keepdim=True)
+    assert deact_multiclass_loss(s).item() == pytest.approx(
+        deact_multiclass_loss(centred, centered=False).item(), rel=1e-6
+    )
 
 
 def test_raw_logits_are_met_by_a_common_shift_centered_are_not():
-    """Eq. 6 on raw logits is satisfied by lowering every logit (CE on real images does not
-    see that shift); the centred variant gives the same value after any common shift."""
+    """Eq. 5 on raw logits is satisfied by lowering every logit (CE on real images does not
+    see that shift); the centred form gives the same value after any common shift."""
     s = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 3.0]])
     shifted = s - 20.0
-    assert deact_multiclass_loss(shifted).tolist() == [0.0, 0.0]
+    assert deact_multiclass_loss(shifted, centered=False).tolist() == [0.0, 0.0]
     assert torch.allclose(
         deact_multiclass_loss(s, centered=True), deact_multiclass_loss(shifted, centered=True)
     )
@@ -69,7 +78,7 @@ def test_weighted_average_eq10_by_hand():
     # Category nodes: row 0: relu([4.6, -0.4])^2 / 2 = 10.58; row 1: relu([0.6, -5.4])^2/2 = 0.18.
     num = 2.05 + 0.3 * 10.58 + 0.6 * 0.18
     den = 0.2 + 0.4 + 1.0 + 0.5 + 0.3 + 0.6
-    got = synthetic_complementary_loss(s, w, cs, wc)
+    got = synthetic_complementary_loss(s, w, cs, wc, centered=False)
     assert got.item() == pytest.approx(num / den, rel=1e-6)
     got.backward()
     assert w.grad is None  # weights are constants
@@ -79,9 +88,8 @@ def test_weighted_average_eq10_by_hand():
 
 def test_category_only_and_attribute_only():
     cs = torch.tensor([[0.0, -5.0]])
-    assert synthetic_complementary_loss(None, None, cs, torch.tensor([2.0])).item() == (
-        pytest.approx(10.58, rel=1e-6)
-    )
+    literal = synthetic_complementary_loss(None, None, cs, torch.tensor([2.0]), centered=False)
+    assert literal.item() == pytest.approx(10.58, rel=1e-6)
     s = torch.tensor([[3.0, 1.0]])
     got = synthetic_complementary_loss(s, torch.tensor([[1.0, 3.0]]))
     assert got.item() == pytest.approx((9.0 + 3.0) / 4.0)

@@ -149,11 +149,11 @@ def test_deact_centered_option_reaches_the_loss(
         return original(self, *args)
 
     monkeypatch.setattr(DeactLoss, "loss", loss)
-    _run(demo_version, tmp_path / "c", generator_uri, "deact.every=4", "deact.centered=true")
-    assert seen and all(seen)
+    _run(demo_version, tmp_path / "c", generator_uri, "deact.every=4")
+    assert seen and all(seen)  # method.md's default: eq. 5 on centred logits
     seen.clear()
-    _run(demo_version, tmp_path / "d", generator_uri, "deact.every=4")
-    assert seen and not any(seen)  # method.md's eq. 6 on raw logits by default
+    _run(demo_version, tmp_path / "d", generator_uri, "deact.every=4", "deact.centered=false")
+    assert seen and not any(seen)  # the paper's literal eq. 5 on raw logits
 
 
 def test_make_deact_zeroes_labels_absent_from_train_and_sets_the_options() -> None:

@@ -65,6 +65,23 @@ class PreprocessConfig(_Frozen):
     seed: int = 0
 
 
+class GanQualityConfig(_Frozen):
+    """How ``train_gan`` measures its samples (:mod:`fashion_attr.evaluation.gan_quality`)."""
+
+    enabled: bool = Field(True, description="Measure FD and diversity at the end of training.")
+    every_epochs: int = Field(0, ge=0, description="Also every N epochs (0: only at the end).")
+    samples: int = Field(1000, ge=2, description="Real and generated images per measurement.")
+    inception_weights: str | None = Field(
+        None,
+        description="Local torchvision inception_v3 state dict: FID. None: classifier FD.",
+    )
+    feature_steps: int = Field(300, ge=1, description="Training steps of the FD classifier.")
+    feature_size: int = Field(64, ge=16, description="Side (px) the FD classifier sees.")
+    seed: int = Field(
+        0, description="Seeds the FD classifier and the noise: runs on one dataset compare."
+    )
+
+
 class GanConfig(_Frozen):
     """``train_gan``: the conditional MR-GAN with decorrelation (method.md section 4)."""
 
@@ -75,7 +92,9 @@ class GanConfig(_Frozen):
     max_channels: int = Field(512, ge=1, description="Channel cap.")
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(30, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (tests).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many steps (a sample budget; tests)."
+    )
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
     dc_weight: float = Field(2e-6, ge=0, description="Decorrelation loss weight; 0 turns it off.")
@@ -86,6 +105,7 @@ class GanConfig(_Frozen):
         200, ge=1, description="Checkpoint every N steps (and per epoch)."
     )
     sample_grid_every_epoch: bool = True
+    quality: GanQualityConfig = GanQualityConfig()
     num_workers: int = Field(2, ge=0)
     precision: Precision = "auto"
     channels_last: bool = True
@@ -129,10 +149,10 @@ class DeactConfig(_Frozen):
     every: int = Field(20, ge=1, description="Compute L_SC every N iterations.")
     sigma_p: float = Field(1.5, ge=0, description="Std of the generator perturbation.")
     batch_size: int | None = Field(None, ge=1, description="Synthetic batch; default = real.")
-    threshold: float = Field(-4.6, description="T of the multi-class deactivation (eq. 6).")
+    threshold: float = Field(-4.6, description="T of the multi-class deactivation (eq. 5).")
     centered: bool = Field(
-        False,
-        description="Centre the category logits before eq. 6 (shift-invariant; beyond method.md).",
+        True,
+        description="Centre the category logits before eq. 5 (method.md); False: literal eq. 5.",
     )
     memory_momentum: float = Field(0.5, gt=0, lt=1)
     positives_per_image: int | None = Field(
@@ -162,6 +182,13 @@ class ClassifierConfig(_Frozen):
     deact: DeactConfig = DeactConfig()
     flip: bool = False
     random_resized_crop: float | None = Field(None, gt=0, le=1)
+    whole_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of train images shown in their whole-image frame (serving whole "
+        "photos); the rest are garment crops.",
+    )
     checkpoint_every: int = Field(500, ge=1)
     export: Literal["best", "last"] = "best"
     select_metric: str = Field("attr_recall@3/all", description="Metric for export=best.")
@@ -190,6 +217,12 @@ class EvaluateConfig(_Frozen):
     num_workers: int = Field(2, ge=0)
     device: Device = "auto"
     split: Literal["test", "val"] = "test"
+    whole_images: int = Field(
+        1000,
+        ge=0,
+        description="Also score up to this many whole source photos of the split, as served "
+        "without a bbox (metrics 'whole/...'); 0: crops only.",
+    )
 
 
 class RegisterConfig(_Frozen):

@@ -29,11 +29,7 @@ does the rest, identically for both:
 from __future__ import annotations
 
 import logging
-import math
-import os
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +50,7 @@ from fashion_attr.checkpoint import (
     restore_rng,
     save_artifact,
 )
+from fashion_attr.progress import Progress
 from fashion_attr.runtime import DistContext, FiniteGuard, iter_keeping_rng
 from fashion_attr.tracking import Tracker
 
@@ -152,102 +149,6 @@ class LoopResult:
     resumed_from_step: int | None
     stopped_mid_epoch: bool
     epoch_figures: list[dict[str, float]] = field(default_factory=list)
-
-
-class Progress:
-    """Progress of a training step on stderr: lines at an interval, or a bar in a terminal.
-
-    Args:
-        name: the step, printed first on each line.
-        total_steps: the steps the run will reach.
-        first_step: the step this process starts from (a resumed run).
-        images_per_step: images per step over all ranks (for images/s).
-        enabled: False on ranks other than 0.
-        stream: where to print (default ``sys.stderr``).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        total_steps: int,
-        first_step: int,
-        images_per_step: int,
-        *,
-        enabled: bool = True,
-        stream: Any = None,
-    ) -> None:
-        self.name = name
-        self.total = max(total_steps, 1)
-        self.first = first_step
-        self.images_per_step = images_per_step
-        self.stream = stream if stream is not None else sys.stderr
-        mode = os.environ.get("FA_PROGRESS", "auto")
-        if mode == "auto":
-            isatty = getattr(self.stream, "isatty", lambda: False)
-            mode = "bar" if isatty() else "lines"
-        self.mode = mode if enabled else "off"
-        self.every_s = float(os.environ.get("FA_PROGRESS_EVERY", "15"))
-        self.t0 = time.monotonic()
-        self.last_print = float("-inf")
-        self.last_losses: dict[str, float] = {}
-        self.bar = None
-        if self.mode == "bar":
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.total,
-                initial=first_step,
-                desc=name,
-                unit="step",
-                file=self.stream,
-                dynamic_ncols=True,
-            )
-
-    def rate(self, step: int) -> float:
-        """Images per second since this process started training."""
-        return (step - self.first) * self.images_per_step / max(time.monotonic() - self.t0, 1e-9)
-
-    def update(
-        self, step: int, epoch: int, epochs: int, figures: Mapping[str, float], final: bool = False
-    ) -> None:
-        """Report ``step``; prints a line when the interval has passed (or at the end)."""
-        if self.mode == "off":
-            return
-        losses = {k: v for k, v in figures.items() if k.startswith("loss") and "/" not in k}
-        losses = self.last_losses = losses or self.last_losses
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=True)
-            return
-        now = time.monotonic()
-        if not final and now - self.last_print < self.every_s and step != self.first + 1:
-            return
-        self.last_print = now
-        done = step - self.first
-        elapsed = now - self.t0
-        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-        shown = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
-        print(
-            f"{self.name}: step {step}/{self.total} ({100 * step / self.total:.0f}%) "
-            f"epoch {min(epoch + 1, epochs)}/{epochs} | {self.rate(step):.1f} img/s | {shown} | "
-            f"{'done in ' + _duration(elapsed) if final else 'ETA ' + _duration(eta)}",
-            file=self.stream,
-            flush=True,
-        )
-
-    def close(self) -> None:
-        """Close the bar (if any)."""
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):  # no step timed yet
-        return "?"
-    seconds = round(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 class ResumableLoop:

@@ -46,9 +46,9 @@ class DeactLoss:
         generator: trained MR-GAN generator; frozen here.
         memory: the hard-label memory the trainer updates from real batches.
         sigma_p: std of the perturbation on the projection block's output.
-        threshold: ``T`` of the multi-class deactivation (eq. 6).
-        centered: centre the category logits before eq. 6 (shift-invariant variant
-            beyond method.md; see :func:`fashion_attr.losses.deact_multiclass_loss`).
+        threshold: ``T`` of the multi-class deactivation (eq. 5).
+        centered: centre the category logits before eq. 5 (the default; False is the
+            paper's literal form; see :func:`fashion_attr.losses.deact_multiclass_loss`).
         image_size: classifier input size (generated images are resized to it).
         mean: per-channel normalisation mean of the classifier input.
         std: per-channel normalisation std of the classifier input.
@@ -70,7 +70,7 @@ class DeactLoss:
         in_channels: int = 3,
         seed: int = 0,
         channels_last: bool = False,
-        centered: bool = False,
+        centered: bool = True,
     ) -> None:
         self.generator = generator.eval().requires_grad_(False)
         self.memory = memory

@@ -386,6 +386,7 @@ def _train(
         resume=resume,
         flip=cfg.flip,
         random_resized_crop=cfg.random_resized_crop,
+        whole_share=cfg.whole_share,
     )
     best_uri = storage.join(out, "model_best.pt")
     if loop.resumed_from is None and ctx.is_main and storage.exists(best_uri):

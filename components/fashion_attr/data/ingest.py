@@ -53,7 +53,6 @@ import multiprocessing
 import os
 import posixpath
 import random
-import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -216,6 +215,7 @@ class _Outcome:
     jpeg: bytes | None = None
     sha256: str = ""
     bbox: tuple[int, int, int, int] | None = None
+    size: tuple[int, int] | None = None  # the source image's (width, height)
     skip: str | None = None
     # (file, line, message, fix) of a fatal AnnotationError, raised by the main
     # process after it has found the line (ImageRecord does not carry it).
@@ -252,7 +252,12 @@ def _process_one(task: _Task, image_size: int, quality: int) -> _Outcome:
     out = img.crop(box).resize((image_size, image_size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     out.save(buf, format="JPEG", quality=quality)
-    return _Outcome(jpeg=buf.getvalue(), sha256=digest, bbox=box)  # type: ignore[arg-type]
+    return _Outcome(
+        jpeg=buf.getvalue(),
+        sha256=digest,
+        bbox=box,  # type: ignore[arg-type]
+        size=(width, height),
+    )
 
 
 def _process_chunk(image_size: int, quality: int, tasks: list[_Task]) -> list[_Outcome]:
@@ -498,7 +503,7 @@ def _ingest_tasks(
         locate_line: Finds the annotation line of a task whose box proves empty
             after clamping (only called on that error path).
     """
-    from tqdm import tqdm
+    from fashion_attr.progress import CountProgress
 
     writers: dict[str, ShardWriter] = {}
     acc = _Accumulator(n_attr, n_cat)
@@ -507,14 +512,11 @@ def _ingest_tasks(
     try:
         with (
             gzip.GzipFile(fileobj=index_buf, mode="wb", mtime=0) as gz,
-            tqdm(
-                total=total,
-                unit="img",
-                desc=f"ingest {posixpath.basename(version_uri.rstrip('/'))} part {part}",
-                file=sys.stderr,
-                disable=not progress,
-                mininterval=1.0,
-                smoothing=0.1,
+            CountProgress(
+                f"ingest {posixpath.basename(version_uri.rstrip('/'))} part {part}",
+                total,
+                "img",
+                enabled=progress,
             ) as bar,
         ):
             for task, outcome in _run_tasks(tasks, settings, workers):
@@ -556,6 +558,7 @@ def _ingest_tasks(
                     "unknown": list(task.unknown),
                     "image": task.name,
                     "bbox": list(outcome.bbox),
+                    "size": list(outcome.size or ()),
                     "sha256": outcome.sha256,
                 }
                 writer.add(key, outcome.jpeg, meta)
@@ -768,7 +771,7 @@ def run_preprocess(
         base: Incremental: the base version, a version folder URI or an id
             (``v-...``, looked up under ``dest``).
         batch: Incremental: a DeepFashion-C-layout folder or a ``.jsonl`` catalog file.
-        progress: Show a tqdm progress bar (images/s) on stderr.
+        progress: Show progress on stderr (a bar in a terminal, else lines: images/s, ETA).
 
     Returns:
         The :class:`IngestResult`.

@@ -75,9 +75,11 @@ __all__ = [
     "decode_batch_on_device",
     "default_cache_dir",
     "fetch_shards",
+    "labels_of",
     "make_loader",
     "normalize_on_device",
     "rank_indices",
+    "whole_image_view",
 ]
 
 #: ImageNet channel statistics on the [0, 1] scale (for pretrained backbones).
@@ -231,6 +233,48 @@ def _resized_crop_params(
     return 0, 0, height, width
 
 
+def whole_image_view(
+    crop: torch.Tensor, meta: dict[str, Any], rng: np.random.Generator
+) -> torch.Tensor:
+    """The garment crop where it sits in its whole image, as a whole-image request sees it.
+
+    A served model gets whole photos too; ``pyfunc`` resizes them to the model's
+    square input, as ingest resized the crops. This view maps the crop's box from
+    the source image (``meta["bbox"]`` in the ``meta["size"]`` image) into that square
+    frame, pastes the crop there at that scale, and fills the rest with the mean
+    colour of the crop's border (the garment's surroundings are not in the shard).
+    Records written before the size was kept place the crop at a random scale in
+    [0.4, 1] and a random position.
+
+    Args:
+        crop: ``uint8`` ``[C, S, S]`` (a decoded shard image).
+        meta: the sample's label record.
+        rng: the sample's seeded draws.
+
+    Returns:
+        ``uint8`` ``[C, S, S]``.
+    """
+    c, h, w = crop.shape
+    size, box = meta.get("size") or [], meta.get("bbox") or []
+    if len(size) == 2 and len(box) == 4 and size[0] > 0 and size[1] > 0:
+        x1, y1, x2, y2 = (box[0] / size[0], box[1] / size[1], box[2] / size[0], box[3] / size[1])
+    else:
+        scale = rng.uniform(0.4, 1.0)
+        x1, y1 = rng.uniform(0, 1 - scale), rng.uniform(0, 1 - scale)
+        x2, y2 = x1 + scale, y1 + scale
+    left, top = round(x1 * w), round(y1 * h)
+    bw, bh = max(1, round(x2 * w) - left), max(1, round(y2 * h) - top)
+    left, top = min(left, w - bw), min(top, h - bh)
+    border = torch.cat([crop[:, 0], crop[:, -1], crop[:, :, 0], crop[:, :, -1]], dim=1)
+    canvas = border.float().mean(dim=1).round().to(torch.uint8).view(c, 1, 1).expand(c, h, w)
+    canvas = canvas.clone()
+    small = torch.nn.functional.interpolate(
+        crop.unsqueeze(0).float(), size=(bh, bw), mode="bilinear", antialias=True
+    )
+    canvas[:, top : top + bh, left : left + bw] = small[0].round().clamp(0, 255).to(torch.uint8)
+    return canvas
+
+
 class ShardDataset(Dataset):
     """Map-style dataset over the samples of verified local shards.
 
@@ -243,6 +287,8 @@ class ShardDataset(Dataset):
         num_attributes: N, the length of the target vectors.
         flip: Random horizontal flip (p = 0.5).
         random_resized_crop: Minimum area scale of a random resized crop, or ``None``.
+        whole_share: Share of samples shown as :func:`whole_image_view` (the garment in
+            its whole-image frame), so a whole photo is classified too.
         seed: Seed of the augmentation draws.
         epoch: Epoch of the augmentation draws.
         gpu_decode: Return the JPEG bytes instead of decoding (no augmentation then).
@@ -255,19 +301,25 @@ class ShardDataset(Dataset):
         *,
         flip: bool = False,
         random_resized_crop: float | None = None,
+        whole_share: float = 0.0,
         seed: int = 0,
         epoch: int = 0,
         gpu_decode: bool = False,
     ) -> None:
+        if not 0 <= whole_share <= 1:
+            raise ValueError(
+                f"whole_share = {whole_share}: a share must be in [0, 1]. Fix: pass e.g. 0.3"
+            )
         if random_resized_crop is not None and not 0 < random_resized_crop <= 1:
             raise ValueError(
                 f"random_resized_crop = {random_resized_crop}: the minimum area scale must be "
                 "in (0, 1]. Fix: pass e.g. 0.5, or None for no crop"
             )
-        if gpu_decode and (flip or random_resized_crop is not None):
+        if gpu_decode and (flip or random_resized_crop is not None or whole_share > 0):
             raise ValueError(
-                "gpu_decode=True returns undecoded JPEG bytes, so the loader cannot flip or crop "
-                "them. Fix: set flip=False and random_resized_crop=None with gpu_decode"
+                "gpu_decode=True returns undecoded JPEG bytes, so the loader cannot flip, crop or "
+                "reframe them. Fix: set flip=False, random_resized_crop=None and whole_share=0 "
+                "with gpu_decode"
             )
         self.paths = [str(p) for p, _ in shards]
         rows = [
@@ -280,6 +332,7 @@ class ShardDataset(Dataset):
         self.num_attributes = num_attributes
         self.flip = flip
         self.random_resized_crop = random_resized_crop
+        self.whole_share = whole_share
         self.seed = seed
         self.epoch = epoch
         self.gpu_decode = gpu_decode
@@ -327,22 +380,29 @@ class ShardDataset(Dataset):
             image = data
         else:
             image = decode_jpeg(data, mode=ImageReadMode.RGB)
-            if self.flip or self.random_resized_crop is not None:
+            if self.flip or self.random_resized_crop is not None or self.whole_share > 0:
                 # Seeded per (seed, epoch, sample): identical draws after a resume.
                 rng = np.random.default_rng([self.seed, self.epoch, index])
-                if self.random_resized_crop is not None:
+                if self.whole_share > 0 and rng.random() < self.whole_share:
+                    image = whole_image_view(image, meta, rng)
+                elif self.random_resized_crop is not None:
                     h, w = image.shape[-2:]
                     top, left, ch, cw = _resized_crop_params(rng, h, w, self.random_resized_crop)
                     image = resized_crop(image, top, left, ch, cw, [h, w], antialias=True)
                 if self.flip and rng.random() < 0.5:
                     image = image.flip(-1)
-        targets = torch.zeros(self.num_attributes, dtype=torch.float32)
-        known = torch.ones(self.num_attributes, dtype=torch.bool)
-        if meta["positives"]:
-            targets[torch.as_tensor(meta["positives"], dtype=torch.long)] = 1.0
-        if meta["unknown"]:
-            known[torch.as_tensor(meta["unknown"], dtype=torch.long)] = False
-        return image, targets, known, int(meta["category"])
+        return (image, *labels_of(meta, self.num_attributes))
+
+
+def labels_of(meta: dict[str, Any], num_attributes: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A label record's ``(targets, known, category)`` as the loader yields them."""
+    targets = torch.zeros(num_attributes, dtype=torch.float32)
+    known = torch.ones(num_attributes, dtype=torch.bool)
+    if meta["positives"]:
+        targets[torch.as_tensor(meta["positives"], dtype=torch.long)] = 1.0
+    if meta["unknown"]:
+        known[torch.as_tensor(meta["unknown"], dtype=torch.long)] = False
+    return targets, known, int(meta["category"])
 
 
 def _collate(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]) -> Batch:
@@ -494,6 +554,7 @@ def make_loader(
     num_workers: int = 0,
     flip: bool = False,
     random_resized_crop: float | None = None,
+    whole_share: float = 0.0,
     pin_memory: bool = False,
     start_sample: int = 0,
     drop_last: bool | None = None,
@@ -515,6 +576,7 @@ def make_loader(
         num_workers: DataLoader worker processes.
         flip: Random horizontal flip.
         random_resized_crop: Minimum area scale of a random resized crop, or ``None``.
+        whole_share: Share of train samples shown in their whole-image frame.
         pin_memory: Pin batches (only when CUDA is available).
         start_sample: Samples of this epoch this rank already consumed (resume).
         drop_last: See :func:`rank_indices`; default ``train``.
@@ -544,6 +606,7 @@ def make_loader(
         manifest.num_attributes,
         flip=flip,
         random_resized_crop=random_resized_crop,
+        whole_share=whole_share,
         seed=seed,
         epoch=epoch,
         gpu_decode=gpu_decode,

@@ -361,6 +361,18 @@ def markdown_report(
             parts += [f"Tail attributes with the lowest AP (up to {num_hardest}):", ""]
             parts += [_md_table(header, body), ""]
 
+    whole = _whole_image_table(metrics)
+    if whole:
+        parts += ["## Garment crops vs whole photos", ""]
+        parts += [
+            "Crops: the test images cut to their garment box, as training saw them (and as a "
+            "served model sees a request with a `bbox`). Whole photos: the same images uncut, "
+            "squashed to the model's input, as a served model sees a request without one.",
+            "",
+            whole,
+            "",
+        ]
+
     if confusion is not None:
         conf = np.asarray(confusion)
         support = conf.sum(axis=1)
@@ -399,6 +411,25 @@ def markdown_report(
         parts += [f"## Comparison: {model_name} vs {comparison_name}", ""]
         parts += [_md_table(["Metric", model_name, comparison_name, "Delta (pp)"], body), ""]
     return "\n".join(parts)
+
+
+#: Metrics compared between crops and whole photos (when both were scored).
+WHOLE_IMAGE_METRICS = (
+    "cat_top1_acc",
+    "cat_top3_acc",
+    "attr_recall@3/all",
+    "attr_recall@5/all",
+    "map/all",
+    "cb_acc/all",
+)
+
+
+def _whole_image_table(metrics: Mapping[str, Any]) -> str:
+    keys = [k for k in WHOLE_IMAGE_METRICS if f"whole/{k}" in metrics and k in metrics]
+    if not keys:
+        return ""
+    body = [[k, _pct(metrics.get(k)), _pct(metrics.get(f"whole/{k}"))] for k in keys]
+    return _md_table(["Metric", "Garment crops", "Whole photos"], body)
 
 
 def _category_label(c: int, category_names: Sequence[str]) -> str:

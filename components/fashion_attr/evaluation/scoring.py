@@ -34,6 +34,7 @@ class Scores:
         model_meta: the export's metadata (no weights).
         attribute_names: the dataset's attribute names.
         category_names: the dataset's category names.
+        whole_images: whole source photos scored (their metrics are ``whole/<name>``).
     """
 
     metrics: dict[str, float]
@@ -45,6 +46,7 @@ class Scores:
     model_meta: dict[str, Any] = field(default_factory=dict)
     attribute_names: list[str] = field(default_factory=list)
     category_names: list[str] = field(default_factory=list)
+    whole_images: int = 0
 
 
 def score_model(
@@ -76,17 +78,22 @@ def score_model(
     if info.split_count(cfg.split) == 0:
         raise ValueError(f"dataset {info.version} has no {cfg.split} images. Fix: use split=val")
     pre = meta["preprocessing"]
-    attr_m = (
-        AttributeMetrics(
-            info.attribute_groups,
-            train_pos_counts=info.train_pos_counts.tolist(),
-            tail_threshold=cfg.tail_threshold,
-            ks=cfg.ks,
+
+    def accumulators() -> tuple[AttributeMetrics | None, CategoryMetrics | None]:
+        attr = (
+            AttributeMetrics(
+                info.attribute_groups,
+                train_pos_counts=info.train_pos_counts.tolist(),
+                tail_threshold=cfg.tail_threshold,
+                ks=cfg.ks,
+            )
+            if info.num_attributes
+            else None
         )
-        if info.num_attributes
-        else None
-    )
-    cat_m = CategoryMetrics(info.num_categories, ks=cfg.ks) if info.num_categories else None
+        cat = CategoryMetrics(info.num_categories, ks=cfg.ks) if info.num_categories else None
+        return attr, cat
+
+    attr_m, cat_m = accumulators()
     loader = make_loader(
         data,
         cfg.split,
@@ -125,4 +132,33 @@ def score_model(
     if cat_m is not None:
         scores.metrics.update(cat_m.compute())
         scores.confusion = cat_m.confusion_matrix()
+    if cfg.whole_images > 0:
+        from fashion_attr.evaluation.whole_images import WholeImages
+
+        # The same metrics on whole photos, squashed to the input as pyfunc does without
+        # a bbox: what a served model gets when the caller knows no box.
+        whole_attr, whole_cat = accumulators()
+        whole = WholeImages(
+            loader.dataset,
+            loader.manifest.source,
+            limit=cfg.whole_images,
+            image_size=loader.manifest.image_size,
+            batch_size=cfg.batch_size,
+        )
+        scored = predict_split(
+            net,
+            whole,
+            device=device,
+            image_size=pre["image_size"],
+            mean=tuple(pre["mean"]),
+            std=tuple(pre["std"]),
+            attr_metrics=whole_attr,
+            cat_metrics=whole_cat,
+            bf16=use_bf16("auto", device),
+        )
+        if scored:
+            scores.whole_images = scored
+            for acc in (whole_attr, whole_cat):
+                if acc is not None:
+                    scores.metrics.update({f"whole/{k}": v for k, v in acc.compute().items()})
     return scores

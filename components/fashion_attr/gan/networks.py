@@ -35,6 +35,7 @@ __all__ = [
     "MRGenerator",
     "build_gan",
     "make_condition",
+    "to_unit_range",
 ]
 
 
@@ -554,3 +555,13 @@ def build_gan(spec: MRGANSpec) -> tuple[MRGenerator, MRDiscriminator]:
         ``(generator, discriminator)``.
     """
     return MRGenerator(spec), MRDiscriminator(spec)
+
+
+def to_unit_range(images: Tensor, device: torch.device, size: int, channels_last: bool) -> Tensor:
+    """uint8 ``[B, 3, H, W]`` (any size) -> float in [-1, 1] at ``size`` on ``device``."""
+    x = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = nn.functional.interpolate(x, size=(size, size), mode="area")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x

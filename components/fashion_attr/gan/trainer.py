@@ -39,7 +39,14 @@ from fashion_attr.config import GanConfig, config_to_dict
 from fashion_attr.data.info import DatasetInfo
 from fashion_attr.gan.export import generator_blob
 from fashion_attr.gan.loss import MRGANLoss, StepLosses, image_pyramid
-from fashion_attr.gan.networks import MRGANSpec, MRGenerator, build_gan, make_condition
+from fashion_attr.gan.networks import (
+    MRGANSpec,
+    MRGenerator,
+    build_gan,
+    make_condition,
+    to_unit_range,
+)
+from fashion_attr.gan.quality import SampleQuality
 from fashion_attr.runtime import (
     DistContext,
     NonFiniteLossError,
@@ -83,16 +90,6 @@ def spec_from_config(cfg: GanConfig, info: DatasetInfo) -> MRGANSpec:
         max_channels=cfg.max_channels,
         out_channels=3,
     )
-
-
-def to_unit_range(images: Tensor, device: torch.device, size: int, channels_last: bool) -> Tensor:
-    """uint8 ``[B, 3, H, W]`` (any size) -> float in [-1, 1] at ``size`` on ``device``."""
-    x = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = nn.functional.interpolate(x, size=(size, size), mode="area")
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def sample_grid(g: MRGenerator, z: Tensor, cond: Tensor, sigma: float, path: Path) -> None:
@@ -160,6 +157,8 @@ class GanTrainer:
         self.levels = list(self.spec.levels)
         self.out, self.workdir = out, workdir
         self.sample_uris: list[str] = []
+        self.quality: SampleQuality | None = None  # set by train() when measured
+        self.last_quality: dict[str, float] = {}
 
     @property
     def exported(self) -> MRGenerator:
@@ -218,9 +217,20 @@ class GanTrainer:
         return {"projection_msc": self.objective.projection_correlation()}
 
     def end_epoch(self, epoch: int, step: int) -> dict[str, float]:
-        """Sample grids of the finished epoch (named after the epochs done)."""
+        """Sample grids of the finished epoch; FD and diversity every ``every_epochs``."""
         self.write_grids(epoch + 1)
+        every = self.cfg.quality.every_epochs
+        if every and (epoch + 1) % every == 0:
+            return self.measure_quality(step)
         return {}
+
+    def measure_quality(self, step: int) -> dict[str, float]:
+        """FD and diversity of the exported generator (rank 0; once per step)."""
+        if self.quality is None or not self.ctx.is_main:
+            return {}
+        if self.last_quality.get("step") != step:
+            self.last_quality = {"step": step, **self.quality.measure(self.exported)}
+        return {k: v for k, v in self.last_quality.items() if k != "step"}
 
     def rng_generators(self) -> tuple[torch.Generator, ...]:
         """G's noise generator."""
@@ -317,6 +327,17 @@ def _train(
     info = DatasetInfo.load(data)
     workdir = local_workdir("fa-gan-")
     trainer = GanTrainer(cfg, info, device, ctx, out=out, workdir=workdir)
+    if cfg.quality.enabled and ctx.is_main:
+        trainer.quality = SampleQuality(
+            cfg.quality,
+            data,
+            image_size=trainer.spec.image_size,
+            num_categories=trainer.spec.num_categories,
+            sigma_p=cfg.sigma_p,
+            seed=cfg.quality.seed,  # not cfg.seed: GANs of other seeds are measured alike
+            device=device,
+            cache_dir=cache_dir,
+        )
     tracker = Tracker(workdir / "metrics.jsonl", "train_gan", enabled=ctx.is_main)
     tracker.log_params({"config": config_to_dict(cfg), "data": data})
     tracker.set_tags({"dataset_version": info.version})
@@ -338,6 +359,7 @@ def _train(
         trainer.write_grids(done.epoch)
     msc = trainer.objective.projection_correlation()
     gen_uri = storage.join(out, "generator.pt")
+    quality = trainer.measure_quality(done.step)
     if ctx.is_main:
         blob = generator_blob(
             trainer.exported,
@@ -349,7 +371,7 @@ def _train(
             steps=done.step,
         )
         save_artifact(gen_uri, blob)
-        tracker.log_metrics({"final_projection_msc": msc}, step=done.step)
+        tracker.log_metrics({"final_projection_msc": msc, **quality}, step=done.step)
         loop.upload_log()
     ctx.barrier()
     tracker.close()
@@ -364,4 +386,5 @@ def _train(
         epochs=done.epoch,
         projection_msc=msc,
         resumed_from_step=done.resumed_from_step,
+        quality=quality,
     )

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from fashion_attr.losses.habp import fp32_region
 
-__all__ = ["decorrelation_loss", "mean_squared_cosine"]
+__all__ = ["decorrelation_loss", "mean_squared_cosine", "msc_floor"]
 
 
 def _noise_filters(weight: Tensor, noise_channels: slice | None, where: str) -> Tensor:
@@ -109,3 +109,24 @@ def mean_squared_cosine(weight: Tensor, noise_channels: slice | None = None) -> 
         n_f, n_z = unit.shape[0], unit.shape[1]
         pairs = n_f * n_z * (n_z - 1)
         return _squared_cos_sum(unit) / max(pairs, 1)
+
+
+def msc_floor(n_z: int, filter_size: int) -> float:
+    """The lowest mean squared cosine ``n_z`` filters of ``filter_size`` values can reach.
+
+    ``n_z`` unit vectors in ``R^d`` (``d = k * k``) have ``sum_{j,k} cos^2 >= n_z^2 / d``
+    (the frame potential bound, met by tight frames), so the mean over the
+    ``n_z (n_z - 1)`` pairs ``j != k`` is at least ``(n_z / d - 1) / (n_z - 1)`` when
+    ``n_z > d``, and 0 otherwise (orthogonal filters). This is the floor of
+    :func:`mean_squared_cosine` for one output channel, hence for their mean.
+
+    Args:
+        n_z: noise dimensions (filters per output channel).
+        filter_size: values per filter (``k * k``).
+
+    Returns:
+        The floor, in [0, 1).
+    """
+    if n_z < 2 or n_z <= filter_size:
+        return 0.0
+    return (n_z / filter_size - 1.0) / (n_z - 1.0)

@@ -101,6 +101,7 @@ def run(
         "split": cfg.split,
         "images": n,
         "tail_attributes": tail,
+        "whole_images": scores.whole_images,
         "config": config_to_dict(cfg),
         "train_step": scores.model_meta.get("step"),
     }

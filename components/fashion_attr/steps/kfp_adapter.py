@@ -97,7 +97,7 @@ def _ingest(part: int | None, p: dict[str, Any]) -> Any:
         part=part if split else None,
         parts=p["parts"] if split else None,
         merge=split and part is None,
-        progress=False,
+        progress=True,  # lines in the task's log (no terminal): images/s and ETA
     )
 
 

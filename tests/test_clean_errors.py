@@ -1,0 +1,133 @@
+"""Errors a user meets name the file, the endpoint or the variable, and the fix (issue 14).
+
+- a corrupt ``checkpoint.pt``: the run resumes from ``checkpoint.prev.pt``; with both
+  unreadable it stops with exit 2, naming the file and ``--no-resume``;
+- a truncated generator handed to the classifier: exit 2 naming the file;
+- an unreachable S3 endpoint: the URI and the endpoint, in seconds, no traceback;
+- the steps' ``--help`` keeps its usage examples as written, and ``register --help``
+  does not show ``--pipeline-run`` as required (it defaults to ``FA_PIPELINE_RUN``);
+- the project's licence is an SPDX string (setuptools' table form is deprecated).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from fashion_attr.checkpoint import load_artifact
+from fashion_attr.steps import preprocess, register, train_classifier, train_gan
+from small_runs import CLF_SMALL, GAN_QUICK, GAN_SMALL, run_gan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def interrupted(demo_version: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GAN run stopped at step 10: checkpoint.pt (step 10) and checkpoint.prev.pt (8)."""
+    out = tmp_path_factory.mktemp("gan_stopped") / "gan"
+    run_gan(demo_version, out, [*GAN_SMALL, "max_steps=10"])
+    assert load_artifact(out / "checkpoint.prev.pt")["step"] < 10
+    return out
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(
+    interrupted: Path, demo_version: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "gan"
+    shutil.copytree(interrupted, out)
+    previous_step = load_artifact(out / "checkpoint.prev.pt")["step"]
+    good = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(good[: len(good) // 2])  # a torn write
+    argv = ["--data", demo_version, "--out", str(out), "--preset", "tiny"]
+    assert train_gan.main(argv + _sets(GAN_SMALL)) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        str(out / "checkpoint.pt") in m and "trying the previous checkpoint" in m for m in warned
+    ), warned
+    result = train_gan.TrainGanResult.read(str(out))
+    assert result.resumed_from_step == previous_step and result.steps == 16
+
+
+def test_with_no_readable_checkpoint_the_step_names_the_file_and_no_resume(
+    interrupted: Path, demo_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "gan"
+    shutil.copytree(interrupted, out)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (out / name).write_bytes(b"PK\x03\x04 not a whole zip")
+    argv = ["--data", demo_version, "--out", str(out), "--preset", "tiny"]
+    assert train_gan.main(argv + _sets(GAN_SMALL)) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "--no-resume" in err and "Traceback" not in err
+
+
+def test_a_truncated_generator_is_named(
+    demo_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gen = run_gan(demo_version, tmp_path / "gan", GAN_QUICK).generator
+    blob = Path(gen).read_bytes()
+    Path(gen).write_bytes(blob[: len(blob) // 3])
+    argv = ["--data", demo_version, "--out", str(tmp_path / "clf"), "--generator", gen]
+    assert train_classifier.main([*argv, "--preset", "tiny", *_sets(CLF_SMALL)]) == 2
+    err = capsys.readouterr().err
+    assert gen in err and "Fix:" in err and "Traceback" not in err
+
+
+def test_an_unreachable_endpoint_is_named_in_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow_server import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    start = time.monotonic()
+    code = preprocess.main(
+        ["--source", "s3://no-such-bucket/deepfashion", "--dest", str(tmp_path), "--no-progress"]
+    )
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "s3://no-such-bucket/deepfashion" in err and endpoint in err, err
+    assert "Traceback" not in err and len(err.splitlines()) <= 3, err
+    assert elapsed < 30
+
+
+@pytest.mark.parametrize("module", [preprocess, train_gan, train_classifier, register])
+def test_help_keeps_the_usage_examples_as_written(
+    module, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    out = capsys.readouterr().out
+    examples = [line for line in (module.__doc__ or "").splitlines() if "python -m" in line]
+    assert examples
+    for line in examples:
+        assert line in out.splitlines(), line  # not reflowed into a paragraph
+
+
+def test_register_help_does_not_show_pipeline_run_as_required(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        register.main(["--help"])
+    out = capsys.readouterr().out
+    usage = out.split("\n\n")[0]
+    assert "[--pipeline-run" in usage, usage
+    assert "FA_PIPELINE_RUN" in out
+
+
+def test_the_licence_is_an_spdx_expression() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
