@@ -106,17 +106,20 @@ def score_model(
         pin_memory=device.type == "cuda",
         drop_last=False,
     )
-    images = predict_split(
-        net,
-        loader,
-        device=device,
-        image_size=pre["image_size"],
-        mean=tuple(pre["mean"]),
-        std=tuple(pre["std"]),
-        attr_metrics=attr_m,
-        cat_metrics=cat_m,
-        bf16=use_bf16("auto", device),
-    )
+    def predict(batches: Any, attr: AttributeMetrics | None, cat: CategoryMetrics | None) -> int:
+        return predict_split(
+            net,
+            batches,
+            device=device,
+            image_size=pre["image_size"],
+            mean=tuple(pre["mean"]),
+            std=tuple(pre["std"]),
+            attr_metrics=attr,
+            cat_metrics=cat,
+            bf16=use_bf16("auto", device),
+        )
+
+    images = predict(loader, attr_m, cat_m)
     scores = Scores(
         metrics={},
         images=images,
@@ -145,17 +148,7 @@ def score_model(
             image_size=loader.manifest.image_size,
             batch_size=cfg.batch_size,
         )
-        scored = predict_split(
-            net,
-            whole,
-            device=device,
-            image_size=pre["image_size"],
-            mean=tuple(pre["mean"]),
-            std=tuple(pre["std"]),
-            attr_metrics=whole_attr,
-            cat_metrics=whole_cat,
-            bf16=use_bf16("auto", device),
-        )
+        scored = predict(whole, whole_attr, whole_cat)
         if scored:
             scores.whole_images = scored
             for acc in (whole_attr, whole_cat):
