@@ -106,6 +106,7 @@ def score_model(
         pin_memory=device.type == "cuda",
         drop_last=False,
     )
+
     def predict(batches: Any, attr: AttributeMetrics | None, cat: CategoryMetrics | None) -> int:
         return predict_split(
             net,
