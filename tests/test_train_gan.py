@@ -85,7 +85,7 @@ def test_outputs_of_a_tiny_run(gan_run: dict[str, Any], demo_version: str) -> No
     assert not torch.equal(bad[-1], levels[-1])
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["image_size"] == 16 and saved["epochs"] == 2 and saved["dc_weight"] == 2e-6
+    assert saved["image_size"] == 16 and saved["epochs"] == 2 and saved["dc_weight"] == 1.0
 
     metrics = _metrics(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [10, 16, 16]  # every 10 steps, the last, final

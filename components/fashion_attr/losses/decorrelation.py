@@ -76,7 +76,7 @@ def decorrelation_loss(weight: Tensor, noise_channels: slice | None = None) -> T
             noise); None uses all input channels.
 
     Returns:
-        Float32 scalar (added to G's loss with weight 2e-6).
+        Float32 scalar (added to G's loss with weight ``dc_weight``; the paper's 2e-6 is inert).
 
     Raises:
         ValueError: On a weight that is not 4-D or an empty/invalid channel slice.
