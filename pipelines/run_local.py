@@ -38,6 +38,8 @@ SUMMARY_KEYS = (
     "cat_top5_acc",
     "cb_acc/all",
     "map/all",
+    "whole/cat_top1_acc",
+    "whole/attr_recall@3/all",
 )
 #: The image ``make image`` builds (docker/Dockerfile); ``--image`` overrides.
 DEFAULT_IMAGE = "fashion-attr:0.1.0"
@@ -291,7 +293,8 @@ def _print_summary(
     for key in SUMMARY_KEYS:
         value = metrics.get(key)
         shown = "n/a" if value is None else f"{100 * value:6.2f} %"
-        print(f"    {key:<22} {shown}")
+        label = key.replace("whole/", "whole photo: ")
+        print(f"    {label:<32} {shown}")
     print(f"Registered model: {summary['name']} version {summary['version']}")
     print(
         f"Alias           : {summary['alias']} (champion is version "

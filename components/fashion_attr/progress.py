@@ -91,7 +91,10 @@ class Progress:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=True)
             return
         now = time.monotonic()
-        if not final and now - self.last_print < self.every_s and step != self.first + 1:
+        if not final and (
+            step >= self.total  # the final line follows
+            or (now - self.last_print < self.every_s and step != self.first + 1)
+        ):
             return
         self.last_print = now
         done = step - self.first

@@ -19,6 +19,7 @@ logs, with ``<key>`` = ``fid`` (Inception-v3 from a local weights file) or
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -154,12 +155,13 @@ class SampleQuality:
             feats = sample_features(self.space, self._generate(g, sigma))
             out[f"{self.space.key}{suffix}"] = frechet_distance(self.ref_features, feats)
             out[f"diversity{suffix}"] = diversity(feats, self.labels)
-        log.info(
-            "sample quality (%s, %d %s images, %.0f s): %s",
-            self.space.description,
-            len(self.labels),
-            self.ref_split,
-            time.monotonic() - start,
-            ", ".join(f"{k} {v:.3f}" for k, v in out.items() if np.isfinite(v)),
+        # stderr, as the progress lines: the step's log shows it wherever it runs.
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in out.items() if np.isfinite(v))
+        print(
+            f"train_gan: sample quality vs {len(self.labels)} {self.ref_split} images "
+            f"({time.monotonic() - start:.0f} s): {shown}",
+            file=sys.stderr,
+            flush=True,
         )
+        log.debug("feature space: %s", self.space.description)
         return out
