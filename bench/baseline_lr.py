@@ -5,7 +5,8 @@ their gradient is smaller than CE's or HABP's by about the mean node hardness, a
 paper tuned their learning rates separately (method.md section 2 does not record the
 values). This script finds them for a given catalog and preset: it ingests the source
 once, then for each loss, learning rate and seed trains the classifier with the
-pipeline's own steps (Deact off: a loss-only comparison, as in the paper's Table 1),
+pipeline's own steps (Deact off: a loss-only comparison, as in the paper's Table 1;
+``--deact`` trains the preset's MR-GAN once and keeps Deact on),
 scores it on the validation split, picks each loss's best rate by mean validation
 attribute top-3 recall ("all") and reports the test split at that rate. A run the
 non-finite guard stops counts as diverged.
@@ -37,9 +38,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-from fashion_attr.config import ClassifierConfig, EvaluateConfig, PreprocessConfig, load_config
+from fashion_attr.config import (
+    ClassifierConfig,
+    EvaluateConfig,
+    GanConfig,
+    PreprocessConfig,
+    load_config,
+)
 from fashion_attr.runtime import NonFiniteLossError
-from fashion_attr.steps import evaluate, preprocess, train_classifier
+from fashion_attr.steps import evaluate, preprocess, train_classifier, train_gan
 
 SCRIPT = "baseline_lr"
 SELECT = "attr_recall@3/all"
@@ -75,6 +82,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--losses", default="habp,ce,focal,weighted_focal", help="loss names")
     p.add_argument("--lrs", default="0.03,0.1,0.3,1.0", help="learning rates to try")
     p.add_argument("--seeds", type=int, default=2, help="classifier seeds per cell")
+    p.add_argument(
+        "--deact",
+        action="store_true",
+        help="train one MR-GAN (the preset's) and keep Deact on: tunes HABP + Deact's rate",
+    )
     p.add_argument("--set", action="append", default=[], help="more train_classifier overrides")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
@@ -136,6 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=False,
     )
     log.print(f"# source {source}: version {ingest.version} ({ingest.counts})")
+    generator = None
+    if args.deact:
+        gan_cfg = load_config(
+            GanConfig,
+            preset=args.preset,
+            overrides=[f"device={args.device}", "quality.enabled=false"],
+        )
+        with common.timer() as t:
+            gan = train_gan.run(gan_cfg, ingest.uri, str(work / "gan"))
+        generator = gan.generator
+        log.print(f"# MR-GAN for Deact: {gan.steps} steps ({t['s']:.0f} s)")
     dev = [f"device={args.device}"]
     eval_cfgs = {
         split: load_config(EvaluateConfig, preset=args.preset, overrides=[f"split={split}", *dev])
@@ -153,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"loss.name={loss}",
                     f"lr={lr!r}",
                     f"seed={seed}",
-                    "deact.enabled=false",
+                    f"deact.enabled={str(args.deact).lower()}",
                     *dev,
                     *args.set,
                 ]
@@ -162,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row: dict = {"loss": loss, "lr": lr, "seed": seed, "diverged": 0}
                 with common.timer() as t:
                     try:
-                        clf = train_classifier.run(cfg, ingest.uri, str(run_dir))
+                        clf = train_classifier.run(
+                            cfg, ingest.uri, str(run_dir), generator=generator
+                        )
                     except NonFiniteLossError as exc:
                         row["diverged"] = 1
                         log.progress(f"{loss} lr {lr:g} seed {seed}: diverged ({exc})")
@@ -209,8 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             table_rows.append(cells)
     log.print()
     log.print(
-        f"Classifier ({args.preset} preset, Deact off), %, mean ± std over {args.seeds} "
-        f"seed(s); best = highest mean validation {SELECT} among rates that never diverged:"
+        f"Classifier ({args.preset} preset, Deact {'on' if args.deact else 'off'}), %, "
+        f"mean ± std over {args.seeds} seed(s); best = highest mean validation {SELECT} "
+        "among rates that never diverged:"
     )
     log.print(common.format_table(header, table_rows))
     log.print()
