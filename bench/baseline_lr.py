@@ -246,13 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.print(f"{loss}: --set loss.name={loss} --set lr={best[loss]:g}")
     log.print(f"# total wall time {log.elapsed():.0f} s")
-    (out / "summary.md").write_text(
-        "# Learning rate per loss\n\n"
-        + log.meta_markdown()
-        + "\n"
-        + "\n".join(log.lines[len(log.meta) :])
-        + "\n"
-    )
+    log.write_summary(out / "summary.md", "Learning rate per loss")
     log.print(f"# wrote {out}/summary.md, runs.csv")
     return 0
 

@@ -511,6 +511,16 @@ class RunLog:
         """The command and machine as a markdown bullet list."""
         return "\n".join(f"- {k}: `{v}`" for k, v in self.meta.items())
 
+    def write_summary(self, path: Path, title: str) -> None:
+        """Write ``summary.md``: the title, the command and machine, then the kept lines.
+
+        Args:
+            path: The file to write.
+            title: Its heading.
+        """
+        body = "\n".join(self.lines[len(self.meta) :])
+        path.write_text(f"# {title}\n\n{self.meta_markdown()}\n\n{body}\n")
+
 
 def batch_indices(n: int, steps: int, batch: int, seed: int, device: torch.device) -> torch.Tensor:
     """Index batches that sweep the ``n`` training images epoch by epoch.

@@ -165,13 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.print(table)
     log.print(f"# default by the rule: {verdict}")
     log.print(f"# total wall time {log.elapsed():.0f} s")
-    (out / "summary.md").write_text(
-        "# MR-GAN decorrelation on the demo catalog\n\n"
-        + log.meta_markdown()
-        + "\n"
-        + "\n".join(log.lines[len(log.meta) :])
-        + "\n"
-    )
+    log.write_summary(out / "summary.md", "MR-GAN decorrelation on the demo catalog")
     log.print(f"# wrote {out}/summary.md, runs.csv")
     return 0
 

@@ -136,13 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log.print(common.format_table(header, table_rows))
     log.print(f"# total wall time {log.elapsed():.0f} s")
-    (out / "summary.md").write_text(
-        "# Crops vs whole photos\n\n"
-        + log.meta_markdown()
-        + "\n"
-        + "\n".join(log.lines[len(log.meta) :])
-        + "\n"
-    )
+    log.write_summary(out / "summary.md", "Crops vs whole photos")
     log.print(f"# wrote {out}/summary.md, runs.csv")
     return 0
 
