@@ -2,7 +2,7 @@
 
 Focal and weighted focal loss average ``h * L`` over all nodes, with no normaliser, so
 their gradient is smaller than CE's or HABP's by about the mean node hardness, and the
-paper tuned their learning rates separately (method.md section 2 does not record the
+paper tuned their learning rates separately (docs/method.md section 2 does not record the
 values). This script finds them for a given catalog and preset: it ingests the source
 once, then for each loss, learning rate and seed trains the classifier with the
 pipeline's own steps (Deact off: a loss-only comparison, as in the paper's Table 1;

@@ -6,7 +6,7 @@ records the exact command and the machine, a plain-text/markdown table
 printer and a CSV writer. The benchmark scripts (``bench/mnist_deact.py``,
 ``bench/longtail.py``, ``bench/decorrelation.py``) import it as ``common``.
 
-Data protocol of this project (``/work/shared/data/mnist/README.md``): training
+Data protocol of this project (the MNIST test file, see ``bench/README.md``): training
 images are drawn only from indices 0-4999 of the MNIST test file, test error is
 measured only on indices 5000-9999. :func:`check_disjoint` enforces it.
 """
@@ -189,7 +189,7 @@ def load_mnist_protocol(
 
 
 def mnist_gan_spec(top_channels: int) -> MRGANSpec:
-    """The MNIST MR-GAN (7 -> 14 -> 28 px, 10 digit conditions, 1 channel, method.md sec. 4)."""
+    """The MNIST MR-GAN: 7 -> 14 -> 28 px, 10 digit conditions, 1 channel (docs/method.md 4)."""
     return MRGANSpec(
         num_categories=10,
         num_attributes=0,
@@ -560,7 +560,7 @@ def train_mrgan(
     log: RunLog | None = None,
     tag: str = "",
 ) -> tuple[MRGenerator, list[dict[str, float]]]:
-    """Train an MR-GAN with the library's objective (method.md section 4).
+    """Train an MR-GAN with the library's objective (docs/method.md section 4).
 
     Each step is one discriminator and one generator update through
     :class:`fashion_attr.gan.loss.MRGANLoss` (non-saturating loss averaged over

@@ -371,7 +371,7 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Data) -> tuple[dict[str, float], list[dict]]:
-    """Every metric of method.md section 6 on the test grids, plus per-label records."""
+    """Every metric of docs/method.md section 6 on the test grids, plus per-label records."""
     model.eval()
     am = AttributeMetrics(
         ATTR_GROUPS,

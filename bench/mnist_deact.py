@@ -4,7 +4,7 @@ For every training-set size n and seed, on the same n images (drawn from the
 pool, images 0-4999 of the MNIST test file; test error on images 5000-9999):
 
 (a) **LeNet**: LeNet-5 (ReLU) trained with softmax cross entropy.
-(b) **LeNet + Deact** (method.md section 3): an MR-GAN (7 -> 28 px, category
+(b) **LeNet + Deact** (docs/method.md section 3): an MR-GAN (7 -> 28 px, category
     conditions = the n images' labels, DC weight 2e-6, Adam) is trained on the
     n images and frozen; LeNet is then trained with ``L = CE + lambda * L_SC``
     every step (lambda 0.05, eq. 11), ``L_SC`` the hardness-weighted
@@ -25,7 +25,7 @@ Subsets are class-balanced by default (n // 10 per digit, the remainder
 spread over random digits); ``--subset random`` draws plain random images as
 the paper's "n random training images" (n = 25 may then miss a digit).
 
-GAN: Adam lr 1e-4 (method.md section 4, as ``presets/mnist.yaml``), betas
+GAN: Adam lr 1e-4 (docs/method.md section 4, as ``presets/mnist.yaml``), betas
 (0.5, 0.999) as ``train_gan``. Departures (also in the report): the category
 hardness of the memory uses ``--hardness-gamma`` 1.2 (the paper does not state
 gamma for MNIST); one synthetic image per real image.
@@ -127,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--momentum", type=float, default=0.9, help="classifier SGD momentum")
     p.add_argument("--gan-batch", type=int, default=128, help="GAN batch size")
     p.add_argument(
-        "--gan-lr", type=float, default=1e-4, help="GAN Adam learning rate (method.md section 4)"
+        "--gan-lr", type=float, default=1e-4, help="GAN Adam learning rate (docs/method.md sec. 4)"
     )
     p.add_argument("--dc-weight", type=float, default=2e-6, help="DC loss weight (eq. 7-8)")
     p.add_argument(

@@ -1,8 +1,9 @@
 r"""Speed of the project's code against plain PyTorch baselines, measured in one run.
 
 Every figure is images/s, measured in the same process on the same machine, so
-the project's numbers can be quoted as ratios of the plain baselines of
-``/work/shared/bench/gpu_anchor.py`` and ``gan_loader_anchor.py``:
+the project's numbers can be quoted as ratios of plain baselines (the same
+steps as the reference anchors ``gpu_anchor.py`` and ``gan_loader_anchor.py``
+that ``bench/device/prepare.sh`` copies in for GPU runs):
 
 1. **baseline**: the anchor's plain training step: the same classifier
    (``--preset paper``: the anchor's VGG-16 + two-conv head, 1,000 attribute and
@@ -85,7 +86,7 @@ if TYPE_CHECKING:
 BENCH_DIR = Path(__file__).resolve().parent
 SCRIPT = "throughput"
 
-#: DeepFashion-C sizes for --project (method.md; the paper's split).
+#: DeepFashion-C sizes for --project (docs/method.md; the paper's split).
 DF_IMAGES = 289_222
 DF_TRAIN = 209_222
 DF_EVAL = 40_000

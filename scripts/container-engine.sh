@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A Docker engine for building and running the project image on a machine without a service
-# manager, a bridge network or a container registry (Debian 12, root). See
-# /work/shared/docs/containers.md for the recipe this follows.
+# manager, a bridge network or a container registry (Debian 12, root): dockerd without a
+# bridge, and a Python base image built locally with debootstrap (docs/operations.md).
 #
 #   scripts/container-engine.sh start    install docker.io + debootstrap if missing, start dockerd
 #   scripts/container-engine.sh stop     stop the dockerd that `start` started (its PID only)

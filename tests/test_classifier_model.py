@@ -1,4 +1,4 @@
-"""Tests for the classifiers (method.md section 5)."""
+"""Tests for the classifiers (docs/method.md section 5)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_vgg16_paper_shapes_at_224() -> None:
     model = build_classifier(
         "vgg16_paper", num_attributes=1000, num_categories=50, pretrained=None
     ).eval()
-    assert model.dropout.p == 0.5  # method.md sec. 5
+    assert model.dropout.p == 0.5  # docs/method.md sec. 5
     # The paper's replacement for the fc layers: 512 -> 2048 -> 4096, 3x3, no padding.
     assert tuple(model.extra[0].weight.shape) == (2048, 512, 3, 3)
     assert model.extra[0].padding == (0, 0)

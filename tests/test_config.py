@@ -32,7 +32,7 @@ def test_every_preset_loads_for_every_step(preset: str, model: type) -> None:
 
 
 def test_preset_values_are_the_documented_settings() -> None:
-    # method.md sections 3-5 and presets/*.yaml.
+    # docs/method.md sections 3-5 and presets/*.yaml.
     paper = load_config(ClassifierConfig, preset="paper")
     assert paper.arch == "vgg16_paper"
     assert paper.lr_milestones == (6, 9, 12)

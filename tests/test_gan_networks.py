@@ -1,4 +1,4 @@
-"""Tests for the MR-GAN networks (method.md section 4)."""
+"""Tests for the MR-GAN networks (docs/method.md section 4)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _seeded_gan(spec: MRGANSpec, seed: int = 0) -> tuple[MRGenerator, MRDiscrimi
 def test_paper_channel_schedule() -> None:
     spec = MRGANSpec.paper()
     assert spec.levels == (7, 14, 28, 56, 112, 224)
-    # 32 at 224, doubling as the side halves, capped at 512 (method.md sec. 4).
+    # 32 at 224, doubling as the side halves, capped at 512 (docs/method.md sec. 4).
     assert spec.channels == (512, 512, 256, 128, 64, 32)
     assert spec.cond_dim == 1050
     assert spec.num_levels == 6
@@ -201,7 +201,7 @@ def test_perturbation_is_added_to_projection_output() -> None:
         out_c = gen(z, cond, perturb_sigma=1.5, noise_generator=torch.Generator().manual_seed(8))
         clean = gen(z, cond)
     hook.remove()
-    # Element-wise N(0, sigma^2) on the projection block output (method.md sec. 3 step 2).
+    # Element-wise N(0, sigma^2) on the projection block output (docs/method.md sec. 3 step 2).
     noise = torch.randn(clean_proj.shape, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(seen[0], clean_proj + 1.5 * noise)
     for a, b, c, d in zip(out_a, out_b, out_c, clean, strict=True):
@@ -217,7 +217,7 @@ def test_every_parameter_gets_a_gradient() -> None:
     images = gen(z, cond)
     logits = disc(images, cond)
     assert logits.shape == (4, spec.num_levels)
-    # Mean over levels, as the MR-GAN loss (method.md sec. 4).
+    # Mean over levels, as the MR-GAN loss (docs/method.md sec. 4).
     logits.mean().backward()
     for name, p in [*gen.named_parameters(), *disc.named_parameters()]:
         assert p.grad is not None, name

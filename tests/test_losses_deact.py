@@ -1,7 +1,7 @@
 """Deactivation losses (eq. 5, 6) and the hardness-weighted synthetic average (eq. 10).
 
 The paper's eq. 5 is the multi-class hinge, eq. 6 the binary ``s ** 2``. The multi-class
-loss centres the logits by default (method.md); ``centered=False`` is the literal eq. 5.
+loss centres the logits by default (docs/method.md); ``centered=False`` is the literal eq. 5.
 """
 
 import pytest

@@ -150,7 +150,7 @@ def test_deact_centered_option_reaches_the_loss(
 
     monkeypatch.setattr(DeactLoss, "loss", loss)
     _run(demo_version, tmp_path / "c", generator_uri, "deact.every=4")
-    assert seen and all(seen)  # method.md's default: eq. 5 on centred logits
+    assert seen and all(seen)  # docs/method.md's default: eq. 5 on centred logits
     seen.clear()
     _run(demo_version, tmp_path / "d", generator_uri, "deact.every=4", "deact.centered=false")
     assert seen and not any(seen)  # the paper's literal eq. 5 on raw logits

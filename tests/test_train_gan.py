@@ -92,7 +92,7 @@ def test_outputs_of_a_tiny_run(gan_run: dict[str, Any], demo_version: str) -> No
     last = metrics[1]["metrics"]
     for size in (4, 8, 16):
         assert math.isfinite(last[f"loss_d/{size}px"]) and math.isfinite(last[f"loss_g/{size}px"])
-    # D's loss is the mean over resolutions (method.md section 4).
+    # D's loss is the mean over resolutions (docs/method.md section 4).
     mean_d = sum(last[f"loss_d/{s}px"] for s in (4, 8, 16)) / 3
     assert last["loss_d"] == pytest.approx(mean_d, rel=1e-5)
     assert 0.0 <= last["projection_msc"] <= 1.0

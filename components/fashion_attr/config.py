@@ -83,7 +83,7 @@ class GanQualityConfig(_Frozen):
 
 
 class GanConfig(_Frozen):
-    """``train_gan``: the conditional MR-GAN with decorrelation (method.md section 4)."""
+    """``train_gan``: the conditional MR-GAN with decorrelation (docs/method.md section 4)."""
 
     image_size: int = Field(224, ge=8, description="Highest pyramid resolution (px).")
     base_size: int = Field(7, ge=2, description="Lowest pyramid resolution (px).")
@@ -131,7 +131,7 @@ class GanConfig(_Frozen):
 
 
 class LossConfig(_Frozen):
-    """Loss selection for the real batches (method.md sections 1-2)."""
+    """Loss selection for the real batches (docs/method.md sections 1-2)."""
 
     name: Literal["ce", "focal", "weighted_focal", "ohem", "wce_a", "wce_b", "asl", "habp"] = "habp"
     gamma: float = Field(1.2, ge=0, description="Hardness exponent (HABP, focal).")
@@ -147,7 +147,7 @@ class LossConfig(_Frozen):
 
 
 class DeactConfig(_Frozen):
-    """Deact: deactivation on synthetic complementary samples (method.md section 3)."""
+    """Deact: deactivation on synthetic complementary samples (docs/method.md section 3)."""
 
     enabled: bool = True
     lambda_: float = Field(1e-4, ge=0, alias="lambda", description="Weight of L_SC (eq. 11).")
@@ -157,7 +157,7 @@ class DeactConfig(_Frozen):
     threshold: float = Field(-4.6, description="T of the multi-class deactivation (eq. 5).")
     centered: bool = Field(
         True,
-        description="Centre the category logits before eq. 5 (method.md); False: literal eq. 5.",
+        description="Centre the category logits before eq. 5 (docs/method.md); False: literal.",
     )
     memory_momentum: float = Field(0.5, gt=0, lt=1)
     positives_per_image: int | None = Field(
@@ -214,7 +214,7 @@ class ClassifierConfig(_Frozen):
 
 
 class EvaluateConfig(_Frozen):
-    """``evaluate``: test-split metrics and reports (method.md section 6)."""
+    """``evaluate``: test-split metrics and reports (docs/method.md section 6)."""
 
     batch_size: int = Field(64, ge=1)
     tail_threshold: int = Field(100, ge=1, description="Tail = fewer train positives than this.")

@@ -2,7 +2,7 @@
 
 For every attribute j and label value y in {0, 1} the memory keeps ``S_j(y)``,
 an exponential moving average of the hardness ``h_ij`` of the training nodes
-with that label; likewise ``S_cat(c)`` for every category (method.md sec. 3,
+with that label; likewise ``S_cat(c)`` for every category (docs/method.md sec. 3,
 step 3)::
 
     S_j(y) <- 0.5 * mean_{i: y_ij = y, known}(h_ij) + 0.5 * S_j(y)
@@ -89,7 +89,7 @@ class HardLabelMemory:
             num_attributes: Number of binary attributes ``N`` (>= 0).
             num_categories: Number of categories ``C`` (>= 0); N + C must be > 0.
             momentum: Weight of the batch mean in the EMA, in (0, 1].
-            init_value: Initial value of every score, > 0 (method.md: all equal).
+            init_value: Initial value of every score, > 0 (docs/method.md: all equal).
             positives_per_image: Positives drawn per synthetic image, in [1, N]
                 when N > 0 (default the training set's mean, see
                 :func:`default_positives_per_image`); ignored and stored as 0 when N = 0.
@@ -315,7 +315,7 @@ class HardLabelMemory:
     def sample_conditions(
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Draw ``n`` generator conditions from the memory (step 4, method.md Decision).
+        """Draw ``n`` generator conditions from the memory (step 4, docs/method.md Decision).
 
         Args:
             n: Number of synthetic images.

@@ -1,4 +1,4 @@
-"""Attribute/category classifiers (method.md section 5)."""
+"""Attribute/category classifiers (docs/method.md section 5)."""
 
 from fashion_attr.classifier.model import (
     AttributeClassifier,

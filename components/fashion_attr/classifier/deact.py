@@ -1,4 +1,4 @@
-"""Deact: the loss object that owns the frozen, perturbed generator (method.md section 3).
+"""Deact: the loss object that owns the frozen, perturbed generator (docs/method.md section 3).
 
 The formulas (eq. 5, 6, 10) live in :mod:`fashion_attr.losses.deactivation` and the
 hard-label memory in :mod:`fashion_attr.hardness`; this module ties them to
@@ -184,7 +184,7 @@ def make_deact(
     )
     # Labels that never occur in the train split would keep their initial score
     # forever and dominate the pmfs; the generator was never conditioned on them
-    # either. They start (and stay) at zero; all others start equal (method.md).
+    # either. They start (and stay) at zero; all others start equal (docs/method.md).
     state = memory.state_dict()
     if info.num_attributes:
         state["attr_scores"][:, 1] *= (info.train_pos_counts > 0).to(device, torch.float32)

@@ -1,7 +1,7 @@
-"""Attribute/category classifiers (method.md section 5).
+"""Attribute/category classifiers (docs/method.md section 5).
 
 Every classifier maps an image batch ``[B, C_in, H, W]`` to ``(attr_logits [B, N],
-cat_logits [B, C])``: N binary attribute logits (trained with HABP, method.md sec. 1) and
+cat_logits [B, C])``: N binary attribute logits (trained with HABP, docs/method.md sec. 1) and
 C category logits (softmax head). Either head may be empty (N = 0 for MNIST, C = 0 for an
 attribute-only task); an empty head returns a ``[B, 0]`` tensor.
 
@@ -143,7 +143,7 @@ class AttributeClassifier(nn.Module):
 
 
 class VGG16PaperClassifier(AttributeClassifier):
-    """VGG-16 with the paper's convolutional replacement for the fc layers (method.md sec. 5).
+    """VGG-16 with the paper's convolutional replacement for the fc layers (docs/method.md sec. 5).
 
     ``trunk = vgg16().features`` (512 x 7 x 7 at 224 px), then conv 3x3 no padding ->
     2048, ReLU, conv 3x3 no padding -> 4096, ReLU (7 -> 5 -> 3), global average pool.
@@ -256,7 +256,7 @@ class TinyClassifier(AttributeClassifier):
 
 
 class LeNet5Classifier(AttributeClassifier):
-    """LeNet-5 with ReLU for 28x28 MNIST (the paper's MNIST table, method.md sec. 7).
+    """LeNet-5 with ReLU for 28x28 MNIST (the paper's MNIST table, docs/method.md sec. 7).
 
     conv 5x5 -> 6 (padding 2, keeps 28), ReLU, max-pool 2 (14), conv 5x5 -> 16 (10), ReLU,
     max-pool 2 (5), fc 400 -> 120, ReLU, fc 120 -> 84, ReLU, heads.
@@ -297,7 +297,7 @@ _ARCHS: dict[str, type[AttributeClassifier]] = {
     "lenet5": LeNet5Classifier,
 }
 # Dropout before the heads when the caller does not choose: the paper's 0.5 for VGG-16
-# (method.md sec. 5) and ResNet-50; none for the small nets (the paper's LeNet-5 has none).
+# (docs/method.md sec. 5) and ResNet-50; none for the small nets (the paper's LeNet-5 has none).
 _DEFAULT_DROPOUT = {"vgg16_paper": 0.5, "resnet50": 0.5, "tiny": 0.0, "lenet5": 0.0}
 
 

@@ -146,7 +146,7 @@ class ClassifierTask:
         known: Tensor,
         category: Tensor,
     ) -> None:
-        """EMA of label hardness from a real batch (method.md section 3, step 3)."""
+        """EMA of label hardness from a real batch (docs/method.md section 3, step 3)."""
         if self.memory is None:
             return
         gamma = self.cfg.loss.gamma

@@ -3,10 +3,10 @@
 The trainer asks :class:`~fashion_attr.classifier.task.ClassifierTask` for the
 objective of each step and never computes a loss itself. It owns what is the
 classifier's own around the scaffold: the paper's SGD schedule (lr 0.01,
-divided by 10 at epochs 6, 9 and 12; method.md section 5), bf16 autocast and
+divided by 10 at epochs 6, 9 and 12; docs/method.md section 5), bf16 autocast and
 channels_last on CUDA (losses stay fp32), optional ``torch.compile``,
 DistributedDataParallel under ``torchrun``, validation at each epoch end
-(method.md section 6 metrics on the val split), and the export of the best or
+(docs/method.md section 6 metrics on the val split), and the export of the best or
 last model (:mod:`fashion_attr.classifier.export`).
 
 Outputs under ``out``: ``checkpoint.pt`` (model, optimizer, step, loader

@@ -20,7 +20,7 @@ files by image name with memory bounded by the number of images: the 600 MB
 positive and unknown labels are kept.
 
 A label of 0 means "unknown" (some releases use it): it is reported separately
-and must be masked out of losses and metrics (``u_ij = 0`` in method.md), never
+and must be masked out of losses and metrics (``u_ij = 0`` in docs/method.md), never
 read as a negative.
 """
 

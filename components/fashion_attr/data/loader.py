@@ -9,7 +9,7 @@ yields :class:`Batch` tuples ``(images, attr_targets, known, category)``:
   GPU does the arithmetic for free);
 * ``attr_targets``: ``float32`` ``[B, N]``, 1 for positive attributes;
 * ``known``: ``bool`` ``[B, N]``, ``False`` where the label is unknown (0 in
-  ``list_attr_img.txt``): the mask ``u_ij`` of the losses (method.md, section 1);
+  ``list_attr_img.txt``): the mask ``u_ij`` of the losses (docs/method.md, section 1);
 * ``category``: ``int64`` ``[B]``, 0-based.
 
 Shards: a remote (``s3://``) shard is downloaded once into ``cache_dir`` under

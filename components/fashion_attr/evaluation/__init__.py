@@ -1,4 +1,4 @@
-"""Evaluation: the metrics of method.md section 6 and the report writer.
+"""Evaluation: the metrics of docs/method.md section 6 and the report writer.
 
 :mod:`.metrics` holds the streaming accumulators (attribute top-k recall per group,
 class-balanced accuracy, AP/mAP, tail restriction; category top-k accuracy and

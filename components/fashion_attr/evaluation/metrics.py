@@ -1,6 +1,6 @@
 """Streaming evaluation metrics for fashion attribute and category prediction.
 
-This module is the one home of the metrics of method.md section 6:
+This module is the one home of the metrics of docs/method.md section 6:
 
 * attribute top-k recall (k = 3, 5) per attribute group and over all attributes,
   following the protocol of the public DeepFashion evaluation code;
@@ -185,7 +185,7 @@ def _as_2d_float(name: str, value: Any, width: int | None, batch: int) -> torch.
 
 
 class AttributeMetrics:
-    """Streaming attribute metrics: top-k recall, class-balanced accuracy, AP (method.md sec. 6).
+    """Streaming attribute metrics: top-k recall, class-balanced accuracy, AP (method sec. 6).
 
     Top-k recall follows the public DeepFashion evaluation code (not the
     per-attribute mean that some toolkits report under the same name): for each
@@ -215,7 +215,7 @@ class AttributeMetrics:
         train_pos_counts: Training positives per attribute (length N), used to pick
             the tail attributes. ``None``: no tail, tail metrics are NaN.
         tail_threshold: An attribute is in the tail when its training positive
-            count is below this (method.md: 100).
+            count is below this (docs/method.md: 100).
         ks: The k values of top-k recall.
         threshold: Probability threshold of class-balanced accuracy (0.5).
         compute_ap: Keep the scores for AP/mAP. ``False`` saves the memory; the AP
@@ -557,7 +557,7 @@ class AttributeMetrics:
 
 
 class CategoryMetrics:
-    """Streaming category top-k accuracy and confusion matrix (method.md sec. 6).
+    """Streaming category top-k accuracy and confusion matrix (docs/method.md sec. 6).
 
     An image counts as correct at k when its true category is among the k highest
     logits. Ties are broken deterministically: a category ranks above the true one

@@ -1,4 +1,4 @@
-"""Score an exported classifier on one split of a dataset version (method.md section 6).
+"""Score an exported classifier on one split of a dataset version (docs/method.md section 6).
 
 One function, used by the ``evaluate`` step for the challenger and by ``register``
 for the champion, so that the promotion gate compares like with like: the same

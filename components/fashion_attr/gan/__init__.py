@@ -1,4 +1,4 @@
-"""MR-GAN: the multi-resolution conditional GAN with decorrelation (method.md section 4)."""
+"""MR-GAN: the multi-resolution conditional GAN with decorrelation (docs/method.md section 4)."""
 
 from fashion_attr.gan.networks import (
     MRDiscriminator,

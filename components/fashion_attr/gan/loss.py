@@ -1,4 +1,4 @@
-"""MR-GAN objective: non-saturating GAN loss over every resolution plus DC (method.md sec. 4).
+"""MR-GAN objective: non-saturating GAN loss over every resolution plus DC (docs/method.md sec. 4).
 
 The training loop never computes a loss itself: it calls
 :meth:`MRGANLoss.discriminator_step` and :meth:`MRGANLoss.generator_step`, which

@@ -1,6 +1,6 @@
 """MR-GAN networks: the multi-resolution conditional generator and discriminator.
 
-method.md section 4. The generator ``G(z, c)`` emits one image per level of a resolution
+docs/method.md section 4. The generator ``G(z, c)`` emits one image per level of a resolution
 pyramid (e.g. 7, 14, 28, 56, 112, 224 px for DeepFashion-C; 7, 14, 28 for MNIST) in a
 single forward pass, each level refining the one below. The discriminator scores every
 level: one trunk pass per level, the image entering the trunk at the depth that matches
@@ -9,7 +9,7 @@ MNIST), capped at 512.
 
 The decorrelation (DC) loss (eq. 7-8, ``fashion_attr.losses.decorrelation``) reads
 ``MRGenerator.projection_weight`` restricted to ``MRGenerator.noise_channels``; Deact
-(method.md section 3, step 2) perturbs the output of the projection block through
+(docs/method.md section 3, step 2) perturbs the output of the projection block through
 ``MRGenerator.forward(perturb_sigma=...)``.
 
 Both networks are free of data-dependent Python control flow in ``forward`` (shape checks
@@ -294,13 +294,13 @@ def _check_cond(cond: Tensor, batch: int, cond_dim: int, where: str) -> None:
 
 
 class MRGenerator(nn.Module):
-    """Multi-resolution conditional generator ``G(z, c)`` (method.md section 4).
+    """Multi-resolution conditional generator ``G(z, c)`` (docs/method.md section 4).
 
     Layout, for levels ``s_0 < s_1 < ... < s_L`` (``s_0 = base_size``):
 
     * projection block: ``(z ++ c)`` as a ``[B, z_dim + cond_dim, 1, 1]`` map ->
       ``ConvTranspose2d(kernel=base_size)`` -> BN -> LeakyReLU, giving ``[B, ch_0, s_0, s_0]``.
-      Deact's "bad generator" noise is added to this output (method.md sec. 3, step 2).
+      Deact's "bad generator" noise is added to this output (docs/method.md sec. 3, step 2).
     * per higher level ``l``: ``ConvTranspose2d(4, stride 2, pad 1)`` -> BN -> LeakyReLU
       (optionally -> 3x3 conv -> BN -> LeakyReLU), doubling the side.
     * per level a to-RGB conv. Skip-style refinement (as in StyleGAN2's skip generator):
@@ -373,7 +373,7 @@ class MRGenerator(nn.Module):
             z: noise [B, z_dim].
             cond: condition [B, cond_dim] (see ``make_condition``).
             perturb_sigma: standard deviation sigma_p of the element-wise Gaussian noise
-                added to the projection block's output (Deact "bad generator", method.md
+                added to the projection block's output (Deact "bad generator", docs/method.md
                 sec. 3 step 2). 0 adds nothing (no noise op is run at all).
             noise_generator: optional generator for that noise (reproducible draws). Noise is
                 drawn in float32 on the generator's device, then moved to the features.
@@ -441,7 +441,7 @@ class MRGenerator(nn.Module):
 
 
 class MRDiscriminator(nn.Module):
-    """Multi-resolution conditional discriminator (method.md section 4).
+    """Multi-resolution conditional discriminator (docs/method.md section 4).
 
     A downsampling trunk mirrors the generator: block ``l`` (for ``l = L .. 1``) maps
     ``[ch_l, s_l, s_l]`` to ``[ch_{l-1}, s_{l-1}, s_{l-1}]`` with a 4x4 stride-2 conv ->

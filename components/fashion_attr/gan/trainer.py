@@ -1,4 +1,4 @@
-"""MR-GAN training (method.md section 4) on the resumable scaffold of :mod:`fashion_attr.training`.
+"""MR-GAN training (docs/method.md section 4) on the scaffold of :mod:`fashion_attr.training`.
 
 Conditions are the real images' own labels (one-hot category + multi-hot
 positive attributes; unknown labels count as absent). One D update then one G

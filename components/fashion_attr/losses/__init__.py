@@ -22,7 +22,7 @@ every label is known.
 Decisions that apply to **all** classification losses here:
 
 - The category head is one more node per image in the same average as the
-  attribute nodes, so a batch has ``M x (N + 1)`` nodes. method.md section 1
+  attribute nodes, so a batch has ``M x (N + 1)`` nodes. docs/method.md section 1
   takes this decision for HABP ("the weight of one attribute task"); it is
   extended to the baselines so that the comparison is fair.
 - Unknown attribute labels (``known`` False; DeepFashion-C's 0 entries) are

@@ -1,4 +1,4 @@
-"""The baseline losses the paper compares HABP with (section 4, method.md section 2).
+"""The baseline losses the paper compares HABP with (section 4, docs/method.md section 2).
 
 All share HABP's call shape and node set: ``M x N`` attribute nodes (unknown
 ones excluded) plus one category node per image, so switching the loss by name

@@ -5,7 +5,7 @@ images that resemble, but are not, real instances of the sampled conditions.
 On such an image the classifier should be undecided: every binary attribute
 logit should sit at 0 (neither positive nor negative, eq. 6) and every
 category logit should sit below ``T`` (all class probabilities small, eq. 5).
-By default the category logits are centred per image first (method.md's
+By default the category logits are centred per image first (docs/method.md's
 revised decision, measured in README's MNIST Table 3); ``centered=False`` is
 the paper's literal eq. 5.
 The node losses are averaged with the hard-label memory's weights (eq. 10), so
@@ -60,7 +60,7 @@ def deact_multiclass_loss(
 ) -> Tensor:
     """Deactivation loss of a softmax head, ``(1/C) sum_k max(s_k - T, 0) ** 2`` (eq. 5).
 
-    With ``centered`` (the default, method.md's revised decision) the logits are
+    With ``centered`` (the default, docs/method.md's revised decision) the logits are
     first centred per image, ``s_k - mean_j s_j``. Softmax cross entropy on real
     images ignores a shift common to all logits, so eq. 5 on raw logits can be
     met by lowering every logit (the last layer's bias) without changing any

@@ -9,7 +9,7 @@ the image differently:
 
     L_DC = 1 / (N_F * N_Z**2) * sum_i sum_{j != k} cos(w_ij, w_ik) ** 2      (eq. 7-8)
 
-Per method.md's Decision, j and k run over the noise input channels only; the
+Per docs/method.md's Decision, j and k run over the noise input channels only; the
 condition channels (multi-hot attributes, one-hot category) that share the
 same projection are left out.
 """

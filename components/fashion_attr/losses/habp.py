@@ -289,7 +289,7 @@ def category_node_loss(cat_logits: Tensor, cat_targets: Tensor) -> Tensor:
 def node_hardness(attr_logits: Tensor, attr_targets: Tensor, gamma: float) -> Tensor:
     """Hardness ``h_ij = |y_ij - sigma(s_ij)| ** gamma`` of attribute nodes (eq. 2).
 
-    Per method.md's Decision, ``|y - sigma(s)|`` is the error probability
+    Per docs/method.md's Decision, ``|y - sigma(s)|`` is the error probability
     ``1 - P_ij`` for both label values. It is computed as
     ``exp(gamma * log(1 - P))`` with ``log(1 - P) = log sigma(-s)`` for ``y = 1``
     and ``log sigma(s)`` for ``y = 0``, which stays accurate for saturated
@@ -378,7 +378,7 @@ def habp_terms(
         cat_logits: ``[M, C]`` category logits or None (attribute-only task).
         cat_targets: ``[M]`` category indices or None.
         gamma: Focusing exponent of the hardness (1.2 top-k runs, 0.1 class-balanced).
-        detach_weights: Treat ``h`` as a constant sampling weight (method.md Decision).
+        detach_weights: Treat ``h`` as a constant sampling weight (docs/method.md Decision).
         pos_weight: Scalar or ``[N]`` weight of the positive BCE term, e.g.
             ``wce_pos_weight("B", ...)`` for HABP on a weighted CE-B base.
 
@@ -430,7 +430,7 @@ def habp_loss(
 
     With ``gamma = 0`` every weight is 1 and HABP is the plain mean of the
     node losses over known nodes (the CE baseline). The category head is one
-    more node per image in the same average (method.md Decision).
+    more node per image in the same average (docs/method.md Decision).
 
     Args:
         attr_logits: ``[M, N]`` attribute logits (N may be 0) or None.

@@ -20,7 +20,7 @@ Output: one dict per input row, in order::
 ``attributes`` lists, per attribute group (1 texture, 2 fabric, 3 shape, 4 part,
 5 style), the attributes whose sigmoid probability is at least the threshold,
 highest first; ``top_k`` lists the k most probable attributes of each group (the
-ranking that the paper's top-k recall scores, method.md section 6). Threshold and
+ranking that the paper's top-k recall scores, docs/method.md section 6). Threshold and
 k come from ``RegisterConfig.attribute_threshold`` / ``top_k`` (stored in the
 model's ``model_config``) and can be overridden per request with the params
 ``threshold`` and ``top_k``. A model without a category head answers

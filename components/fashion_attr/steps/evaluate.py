@@ -6,7 +6,7 @@ Usage::
         --data <dataset version URI> --out <URI> [--compare-to <other metrics.json>] \
         [--preset ...] [--config ...] [--set key=value ...]
 
-Writes to ``--out``: ``metrics.json`` (every metric of method.md section 6, per
+Writes to ``--out``: ``metrics.json`` (every metric of docs/method.md section 6, per
 group, overall and on tail attributes), ``report.md`` (the paper's Table 1 and
 Table 2 layouts), ``per_attribute.csv``, ``prob_vs_frequency.png`` (paper
 Fig. 2), ``group_recall.png`` and ``confusion.png``, then ``result.json`` (the

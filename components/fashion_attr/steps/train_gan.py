@@ -1,4 +1,4 @@
-r"""Step 2: train the conditional MR-GAN with decorrelation (method.md section 4).
+r"""Step 2: train the conditional MR-GAN with decorrelation (docs/method.md section 4).
 
 Usage::
 
