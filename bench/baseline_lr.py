@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fa-lr-"))
-    from fashion_attr.data.sources import demo_uri
+    from fashion_attr.demo.sources import demo_uri
 
     source = args.source or demo_uri(args.images, args.demo_seed)
     ingest = preprocess.run(

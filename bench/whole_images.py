@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fa-whole-"))
-    from fashion_attr.data.sources import demo_uri
+    from fashion_attr.demo.sources import demo_uri
 
     ingest = preprocess.run(
         load_config(PreprocessConfig, preset=args.preset, overrides=["workers=2"]),

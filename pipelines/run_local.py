@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["FA_RETRIES"] = "0"  # no preemption here; a failure should end the run at once
     os.environ["FA_IMAGE"] = args.image
 
-    from fashion_attr.data.sources import demo_uri
+    from fashion_attr.demo.sources import demo_uri
     from fashion_attr.preflight import PreflightError, check_pipeline_inputs
     from fashion_attr.steps.pipeline_params import names, overrides
 
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _example_photo(source: str) -> tuple[Path, str] | None:
     """A test image of the demo catalog and its box (``x1,y1,x2,y2``), for the summary."""
-    from fashion_attr.data.sources import resolve_source
+    from fashion_attr.demo.sources import resolve_source
 
     root = Path(resolve_source(source))
     try:

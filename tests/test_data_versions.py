@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fashion_attr.data import versions
 from fashion_attr.data.shards import load_manifest
-from fashion_attr.data.sources import KEEP_DEMO_CATALOGS, resolve_source
+from fashion_attr.demo.sources import KEEP_DEMO_CATALOGS, resolve_source
 from fashion_attr.steps import kfp_adapter, preprocess
 from PIL import Image
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fashion_attr.classifier.feature_space import classifier_space
 from fashion_attr.evaluation.gan_quality import (
-    classifier_space,
     diversity,
     frechet_distance,
     inception_space,

@@ -15,8 +15,8 @@ from typing import Any
 import mlflow
 import pytest
 from fashion_attr.checkpoint import load_artifact, save_artifact
+from fashion_attr.classifier.scoring import score_model
 from fashion_attr.config import EvaluateConfig, RegisterConfig, load_config
-from fashion_attr.evaluation.scoring import score_model
 from fashion_attr.steps import register
 from small_runs import CLF_SMALL, run_classifier, run_evaluate
 

@@ -22,7 +22,7 @@ import torch
 from fashion_attr.config import EvaluateConfig, load_config
 from fashion_attr.data.loader import make_loader, whole_image_view
 from fashion_attr.data.shards import load_manifest
-from fashion_attr.evaluation.whole_images import readable_source
+from fashion_attr.demo.sources import readable_source
 from fashion_attr.steps import evaluate
 from small_runs import CLF_SMALL, GAN_QUICK, run_classifier, run_gan
 

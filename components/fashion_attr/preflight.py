@@ -90,7 +90,7 @@ def check_mlflow(tracking_uri: str | None = None, timeout_s: float = 10.0) -> No
 
 def _demo_or_path(uri: str) -> None:
     from fashion_attr.data.annotations import ATTR_IMG
-    from fashion_attr.data.sources import DEMO_SCHEME, demo_params
+    from fashion_attr.demo.sources import DEMO_SCHEME, demo_params
 
     if uri.startswith(DEMO_SCHEME):
         demo_params(uri)

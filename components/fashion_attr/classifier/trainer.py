@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from fashion_attr.config import ClassifierConfig, config_to_dict
 from fashion_attr.data.info import DatasetInfo
 from fashion_attr.data.loader import make_loader
 from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
+from fashion_attr.results import TrainClassifierResult
 from fashion_attr.runtime import (
     DistContext,
     NonFiniteLossError,
@@ -51,24 +51,7 @@ from fashion_attr.runtime import (
 from fashion_attr.tracking import Tracker
 from fashion_attr.training import ResumableLoop, local_workdir
 
-__all__ = ["ClassifierOutcome", "ClassifierTrainer", "NonFiniteLossError", "train"]
-
-
-@dataclass
-class ClassifierOutcome:
-    """What a finished :func:`train` produced (the ``train_classifier`` step's result fields)."""
-
-    model: str
-    checkpoint: str
-    config: str
-    labels: str
-    metrics_log: str
-    dataset_version: str
-    steps: int
-    epochs: int
-    deact_steps: int
-    val_metrics: dict[str, float | None]
-    resumed_from_step: int | None
+__all__ = ["ClassifierTrainer", "NonFiniteLossError", "train"]
 
 
 def lr_at(cfg: ClassifierConfig, epoch: int) -> float:
@@ -132,12 +115,12 @@ class ClassifierTrainer:
             cfg,
             info,
             generator_uri,
-            device,
-            spec["channels"],
-            self.mean,
-            self.std,
-            ctx.rank,
-            self.channels_last,
+            device=device,
+            in_channels=spec["channels"],
+            mean=self.mean,
+            std=self.std,
+            rank=ctx.rank,
+            channels_last=self.channels_last,
         )
         torch.manual_seed(cfg.seed + 1 + ctx.rank)  # dropout differs per rank
         train_model: nn.Module = self.model
@@ -323,7 +306,7 @@ def train(
     generator: str | None = None,
     cache_dir: str | Path | None = None,
     resume: bool = True,
-) -> ClassifierOutcome:
+) -> TrainClassifierResult:
     """Train the classifier with the configured loss (+ Deact with a frozen generator).
 
     Args:
@@ -336,7 +319,7 @@ def train(
         resume: continue from ``out/checkpoint.pt`` when present.
 
     Returns:
-        :class:`ClassifierOutcome` with every output URI.
+        :class:`TrainClassifierResult` with every output URI.
 
     Raises:
         ValueError: Deact enabled without a generator, or a generator whose
@@ -358,7 +341,7 @@ def _train(
     ctx: DistContext,
     cache_dir: str | Path | None,
     resume: bool,
-) -> ClassifierOutcome:
+) -> TrainClassifierResult:
     device = resolve_device(cfg.device, ctx.local_rank)
     info = DatasetInfo.load(data)
     trainer = ClassifierTrainer(
@@ -420,7 +403,7 @@ def _train(
         loop.upload_log()
     ctx.barrier()
     tracker.close()
-    return ClassifierOutcome(
+    return TrainClassifierResult(
         model=model_uri,
         checkpoint=storage.join(out, CHECKPOINT_NAME),
         config=loop.config_uri,

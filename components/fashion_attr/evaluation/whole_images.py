@@ -6,17 +6,16 @@ which it squashes to its square input. This module reads the split's source
 images from the dataset's source (``manifest.source``; the index names each
 sample's image), resizes each whole image exactly as ``pyfunc`` does, and yields
 loader-shaped batches with the sample's labels, so the usual metric accumulators
-score them. The demo catalog of a ``demo://`` source is regenerated (it is
-deterministic) where the cached copy is not on this machine.
+score them. The caller passes a source this machine can read
+(:func:`fashion_attr.demo.sources.readable_source` regenerates a demo catalog that
+is not cached here).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,22 +24,9 @@ from PIL import Image
 from fashion_attr import storage
 from fashion_attr.data.loader import ShardDataset, labels_of
 
-__all__ = ["WholeImages", "readable_source"]
+__all__ = ["WholeImages"]
 
 log = logging.getLogger(__name__)
-_DEMO_CACHE = re.compile(r"images-(\d+)-seed-(\d+)/?$")
-
-
-def readable_source(source: str) -> str:
-    """``source``, or the regenerated demo catalog when it is a demo cache not on this host."""
-    if storage.is_s3(source) or Path(source).exists():
-        return source
-    match = _DEMO_CACHE.search(source)
-    if match:
-        from fashion_attr.data.sources import demo_uri, resolve_source
-
-        return resolve_source(demo_uri(int(match.group(1)), int(match.group(2))))
-    return source
 
 
 def _image_uri(source: str, name: str) -> str:
@@ -54,7 +40,7 @@ class WholeImages:
 
     Args:
         dataset: the split's shard dataset (its label records name the images).
-        source: the dataset's source root.
+        source: the dataset's source root, readable from this machine.
         limit: at most this many images.
         image_size: the side whole images are resized to (the shards' side).
         batch_size: images per batch.
@@ -66,7 +52,7 @@ class WholeImages:
     def __init__(
         self, dataset: ShardDataset, source: str, *, limit: int, image_size: int, batch_size: int
     ) -> None:
-        self.dataset, self.source = dataset, readable_source(source)
+        self.dataset, self.source = dataset, source
         self.limit, self.size, self.batch_size = limit, image_size, batch_size
         self.read = self.missing = 0
 

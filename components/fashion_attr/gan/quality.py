@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,6 @@ from fashion_attr.config import GanQualityConfig
 from fashion_attr.data.shards import load_manifest
 from fashion_attr.evaluation.gan_quality import (
     FeatureSpace,
-    classifier_space,
     diversity,
     frechet_distance,
     inception_space,
@@ -39,7 +39,12 @@ from fashion_attr.evaluation.gan_quality import (
 )
 from fashion_attr.gan.networks import MRGenerator, make_condition, to_unit_range
 
-__all__ = ["SampleQuality"]
+__all__ = ["FeatureSpaceFactory", "SampleQuality"]
+
+#: Builds the FD feature space from real training images ``(images, categories,
+#: attributes or None)`` and the keywords ``size``, ``steps``, ``seed``, ``device``
+#: (:func:`fashion_attr.classifier.feature_space.classifier_space`).
+FeatureSpaceFactory = Callable[..., FeatureSpace]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,9 @@ class SampleQuality:
         seed: seeds the feature classifier and the noise.
         device: where to compute.
         cache_dir: the local shard cache.
+        feature_space: builds the feature space from real training images when no
+            Inception weights file is configured (the ``train_gan`` step passes
+            :func:`~fashion_attr.classifier.feature_space.classifier_space`).
     """
 
     def __init__(
@@ -90,10 +98,12 @@ class SampleQuality:
         seed: int,
         device: torch.device,
         cache_dir: Any = None,
+        feature_space: FeatureSpaceFactory | None = None,
     ) -> None:
         self.cfg, self.data, self.size = cfg, data, image_size
         self.num_categories, self.sigma_p, self.seed = num_categories, sigma_p, seed
         self.device, self.cache_dir = device, cache_dir
+        self.feature_space = feature_space
         self._ready = False
         self.space: FeatureSpace | None = None
 
@@ -110,8 +120,14 @@ class SampleQuality:
         )
         if self.cfg.inception_weights:
             self.space = inception_space(self.cfg.inception_weights, self.device)
+        elif self.feature_space is None:
+            raise ValueError(
+                "the sample-quality probe has no feature space: no quality.inception_weights "
+                "and no classifier feature space was given. Fix: run it through the train_gan "
+                "step, or set quality.enabled=false"
+            )
         else:
-            self.space = classifier_space(
+            self.space = self.feature_space(
                 train,
                 train_cat,
                 train_attr if train_attr.shape[1] else None,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,8 @@ from fashion_attr.gan.networks import (
     make_condition,
     to_unit_range,
 )
-from fashion_attr.gan.quality import SampleQuality
+from fashion_attr.gan.quality import FeatureSpaceFactory, SampleQuality
+from fashion_attr.results import TrainGanResult
 from fashion_attr.runtime import (
     DistContext,
     NonFiniteLossError,
@@ -58,24 +58,7 @@ from fashion_attr.runtime import (
 from fashion_attr.tracking import Tracker
 from fashion_attr.training import ResumableLoop, local_workdir
 
-__all__ = ["GanOutcome", "GanTrainer", "NonFiniteLossError", "spec_from_config", "train"]
-
-
-@dataclass
-class GanOutcome:
-    """What a finished :func:`train` produced (the ``train_gan`` step's result fields)."""
-
-    generator: str
-    checkpoint: str
-    config: str
-    metrics_log: str
-    samples: list[str]
-    dataset_version: str
-    steps: int
-    epochs: int
-    projection_msc: float
-    resumed_from_step: int | None
-    quality: dict[str, float] = field(default_factory=dict)
+__all__ = ["GanTrainer", "NonFiniteLossError", "spec_from_config", "train"]
 
 
 def spec_from_config(cfg: GanConfig, info: DatasetInfo) -> MRGANSpec:
@@ -292,7 +275,8 @@ def train(
     *,
     cache_dir: str | Path | None = None,
     resume: bool = True,
-) -> GanOutcome:
+    feature_space: FeatureSpaceFactory | None = None,
+) -> TrainGanResult:
     """Train the conditional MR-GAN with DC loss on a dataset version's train split.
 
     Args:
@@ -301,16 +285,18 @@ def train(
         out: output URI (local folder or ``s3://``).
         cache_dir: local shard cache (default: a temp folder).
         resume: continue from ``out/checkpoint.pt`` when present.
+        feature_space: the sample-quality probe's feature space without Inception weights
+            (see :class:`~fashion_attr.gan.quality.SampleQuality`).
 
     Returns:
-        :class:`GanOutcome` with every output URI.
+        :class:`TrainGanResult` with every output URI.
 
     Raises:
         NonFiniteLossError: if a loss becomes NaN/Inf (names the step and terms).
     """
     ctx = init_distributed(cfg.device)
     try:
-        return _train(cfg, data, out, ctx, cache_dir, resume)
+        return _train(cfg, data, out, ctx, cache_dir, resume, feature_space)
     finally:
         ctx.close()
 
@@ -322,7 +308,8 @@ def _train(
     ctx: DistContext,
     cache_dir: str | Path | None,
     resume: bool,
-) -> GanOutcome:
+    feature_space: FeatureSpaceFactory | None,
+) -> TrainGanResult:
     device = resolve_device(cfg.device, ctx.local_rank)
     info = DatasetInfo.load(data)
     workdir = local_workdir("fa-gan-")
@@ -337,6 +324,7 @@ def _train(
             seed=cfg.quality.seed,  # not cfg.seed: GANs of other seeds are measured alike
             device=device,
             cache_dir=cache_dir,
+            feature_space=feature_space,
         )
     tracker = Tracker(workdir / "metrics.jsonl", "train_gan", enabled=ctx.is_main)
     tracker.log_params({"config": config_to_dict(cfg), "data": data})
@@ -375,7 +363,7 @@ def _train(
         loop.upload_log()
     ctx.barrier()
     tracker.close()
-    return GanOutcome(
+    return TrainGanResult(
         generator=gen_uri,
         checkpoint=storage.join(out, CHECKPOINT_NAME),
         config=loop.config_uri,

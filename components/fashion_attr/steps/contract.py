@@ -32,12 +32,10 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import ClassVar, Self
-
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fashion_attr import storage
 from fashion_attr.config import PRESETS
+from fashion_attr.results import RESULT_NAME, StepResult
 from fashion_attr.storage import StorageError
 
 __all__ = [
@@ -62,7 +60,6 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_USER, EXIT_FAULT, EXIT_INTERRUPTED = 0, 2, 3, 130
-RESULT_NAME = "result.json"
 ERROR_NAME = "error.json"
 
 log = logging.getLogger(__name__)
@@ -96,50 +93,6 @@ def exit_code_for(exc: BaseException) -> int:
     if getattr(exc, "retryable", False):  # e.g. an object store that could not be reached
         return EXIT_FAULT
     return EXIT_USER if isinstance(exc, _user_error_types()) else EXIT_FAULT
-
-
-class StepResult(BaseModel):
-    """Base of every step's result: JSON-safe, frozen, written as ``<out>/result.json``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: The step's name (``train_gan``); used in messages.
-    step: ClassVar[str] = "step"
-
-    def write(self, out: str) -> str:
-        """Write the result to ``<out>/result.json`` (atomically); returns its URI."""
-        uri = storage.join(out, RESULT_NAME)
-        storage.write_text(uri, self.model_dump_json(indent=1) + "\n")
-        return uri
-
-    @classmethod
-    def read(cls, out: str) -> Self:
-        """Read the result a finished run wrote to ``<out>/result.json``.
-
-        Raises:
-            FileNotFoundError: the step never finished there (names the folder).
-            ValueError: the file is not a result of this step.
-        """
-        uri = storage.join(out, RESULT_NAME)
-        try:
-            text = storage.read_text(uri)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{uri}: no such file: {cls.step} has not finished in {out}. Fix: run the "
-                "step (or wait for it) before reading its result"
-            ) from None
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            raise ValueError(
-                f"{uri} is not a {cls.step} result ({exc.error_count()} field error(s), first: "
-                f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}). Fix: rerun {cls.step} "
-                "into a fresh output folder"
-            ) from None
-
-    def to_json(self) -> str:
-        """One line of JSON (what the CLI prints)."""
-        return self.model_dump_json()
 
 
 def write_error(out: str, exc: BaseException) -> None:

@@ -22,43 +22,12 @@ from pathlib import Path
 
 from fashion_attr import storage
 from fashion_attr.config import EvaluateConfig, config_to_dict, load_config
-from fashion_attr.steps.contract import StepResult, add_config_args, run_cli, step_parser
+from fashion_attr.results import EvaluateResult
+from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
 
 __all__ = ["EvaluateResult", "main", "run"]
 
 PLOTS = ("group_recall.png", "prob_vs_frequency.png", "confusion.png")
-
-
-class EvaluateResult(StepResult):
-    """What ``evaluate`` produced.
-
-    Attributes:
-        metrics_uri: ``metrics.json`` (flat metrics plus the run's details).
-        report: ``report.md``.
-        per_attribute: ``per_attribute.csv``.
-        plots: the PNG plots.
-        files: every file written, ``metrics.json`` last.
-        metrics: the finite metrics (what the gate and the KFP Metrics artifact read).
-        images: images scored.
-        split: the split scored.
-        dataset_version: the dataset version scored.
-        tail_attributes: attributes with fewer train positives than the tail threshold.
-        model: the model that was evaluated.
-    """
-
-    step = "evaluate"
-
-    metrics_uri: str
-    report: str
-    per_attribute: str
-    plots: list[str]
-    files: list[str]
-    metrics: dict[str, float]
-    images: int
-    split: str
-    dataset_version: str
-    tail_attributes: int
-    model: str
 
 
 def run(
@@ -87,8 +56,8 @@ def run(
         ValueError: the model was trained on another label layout, the split is empty,
             or a file is not what it should be (names it and the fix).
     """
+    from fashion_attr.classifier.scoring import score_model
     from fashion_attr.evaluation.report import read_metrics_json, write_report
-    from fashion_attr.evaluation.scoring import score_model
     from fashion_attr.steps.contract import scrub_tracking_uri
     from fashion_attr.tracking import Tracker
 

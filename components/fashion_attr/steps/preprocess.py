@@ -38,51 +38,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import Field
-
 from fashion_attr import storage
 from fashion_attr.config import PreprocessConfig, load_config
 from fashion_attr.data import versions
 from fashion_attr.data.ingest import IngestError, IngestResult, run_preprocess
-from fashion_attr.data.sources import resolve_source
-from fashion_attr.steps.contract import StepResult, add_config_args, run_cli, step_parser
+from fashion_attr.demo.sources import resolve_source
+from fashion_attr.results import PreprocessResult
+from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
 
 __all__ = ["PreprocessResult", "main", "run"]
-
-
-class PreprocessResult(StepResult):
-    """What an ingest produced.
-
-    Attributes:
-        version: the dataset version id (``v-<16 hex>``); for a part run, the version the
-            part belongs to.
-        uri: the version folder (its ``manifest.json`` publishes it).
-        status: ``created``, ``exists`` (nothing to do), ``part-written`` or ``part-exists``.
-        part: the part a part run wrote, else None.
-        counts: images per split in the version.
-        skipped: images skipped (missing, undecodable, duplicate) by the publishing ingest.
-        shards: shards in the version.
-        base: the version an incremental run started from, else None.
-        batches: catalog batches folded in by this run, oldest first (each gives a version).
-        chain: the versions this run published, oldest first (the last is ``version``).
-        latest: the ``LATEST`` pointer this run moved, else None.
-        created: this run published (or, for a part, wrote) something.
-    """
-
-    step = "preprocess"
-
-    version: str
-    uri: str
-    status: str
-    part: int | None = None
-    counts: dict[str, int] = Field(default_factory=dict)
-    skipped: int = 0
-    shards: int = 0
-    base: str | None = None
-    batches: list[str] = Field(default_factory=list)
-    chain: list[str] = Field(default_factory=list)
-    latest: str | None = None
-    created: bool = False
 
 
 def _settings(cfg: PreprocessConfig, *, incremental: bool) -> dict[str, Any]:

@@ -36,48 +36,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from fashion_attr.config import EvaluateConfig, RegisterConfig, load_config
-from fashion_attr.steps.contract import StepResult, add_config_args, run_cli, step_parser
+from fashion_attr.results import RegisterResult
+from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
 
 __all__ = ["RegisterResult", "main", "run"]
-
-
-class RegisterResult(StepResult):
-    """What ``register`` did.
-
-    Attributes:
-        name: the registered model.
-        version: the version registered (or reused) for this pipeline run.
-        model_uri: the version's MLflow URI (``models:/<name>/<version>``).
-        alias: ``champion`` when the version was promoted, else ``challenger``.
-        promoted: whether the version holds ``champion`` after the step.
-        champion_version: the champion after the step.
-        previous_champion: the champion before the step (None for the first model).
-        reused: the version already existed for this pipeline run.
-        reason: the gate's reason, in words.
-        decision: the gate's decision with its comparison table; ``basis`` says what the
-            champion's figures are (``paired``: scored now on this test split).
-        gate_table: the decision as Markdown.
-        run_id: the MLflow run that logged the version.
-        metrics_uri: the challenger's ``metrics.json``.
-        dataset_version: the dataset the model was trained on.
-    """
-
-    step = "register"
-
-    name: str
-    version: str
-    model_uri: str
-    alias: str
-    promoted: bool
-    champion_version: str | None
-    previous_champion: str | None
-    reused: bool
-    reason: str
-    decision: dict[str, Any]
-    gate_table: str = ""
-    run_id: str | None = None
-    metrics_uri: str = ""
-    dataset_version: str | None = None
 
 
 def run(
@@ -120,8 +82,8 @@ def run(
 
     score_champion = None
     if data is not None:
+        from fashion_attr.classifier.scoring import score_model
         from fashion_attr.config import EvaluateConfig
-        from fashion_attr.evaluation.scoring import score_model
 
         eval_cfg = evaluate_config if evaluate_config is not None else EvaluateConfig()
 

@@ -14,13 +14,12 @@ Prints the :class:`TrainClassifierResult` as one line of JSON and writes it to
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from fashion_attr.config import ClassifierConfig, load_config
+from fashion_attr.results import TrainClassifierResult
 from fashion_attr.steps.contract import (
-    StepResult,
     add_training_args,
     is_rank0,
     run_cli,
@@ -28,39 +27,6 @@ from fashion_attr.steps.contract import (
 )
 
 __all__ = ["TrainClassifierResult", "main", "run"]
-
-
-class TrainClassifierResult(StepResult):
-    """What ``train_classifier`` produced.
-
-    Attributes:
-        model: the exported classifier (``model.pt``): what evaluate and register read.
-        checkpoint: the last training checkpoint.
-        config: the resolved config saved beside the outputs.
-        labels: the label names (``labels.json``).
-        metrics_log: the JSON Lines metrics log.
-        dataset_version: the dataset the model was trained on.
-        steps: training steps in all.
-        epochs: complete epochs.
-        deact_steps: steps that added the Deact loss.
-        val_metrics: validation metrics of the exported model (None: undefined, e.g. a
-            group without positives in the val split).
-        resumed_from_step: the checkpoint step this run resumed from, else None.
-    """
-
-    step = "train_classifier"
-
-    model: str
-    checkpoint: str
-    config: str
-    labels: str
-    metrics_log: str
-    dataset_version: str
-    steps: int
-    epochs: int
-    deact_steps: int
-    val_metrics: dict[str, float | None]
-    resumed_from_step: int | None = None
 
 
 def run(
@@ -91,8 +57,7 @@ def run(
     """
     from fashion_attr.classifier.trainer import train
 
-    outcome = train(cfg, data, out, generator=generator or None, cache_dir=cache_dir, resume=resume)
-    result = TrainClassifierResult(**dataclasses.asdict(outcome))
+    result = train(cfg, data, out, generator=generator or None, cache_dir=cache_dir, resume=resume)
     if is_rank0():
         result.write(out)
     return result

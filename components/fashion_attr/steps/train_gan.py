@@ -17,15 +17,12 @@ Prints the :class:`TrainGanResult` as one line of JSON and writes it to
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import Field
-
 from fashion_attr.config import GanConfig, load_config
+from fashion_attr.results import TrainGanResult
 from fashion_attr.steps.contract import (
-    StepResult,
     add_training_args,
     is_rank0,
     run_cli,
@@ -33,40 +30,6 @@ from fashion_attr.steps.contract import (
 )
 
 __all__ = ["TrainGanResult", "main", "run"]
-
-
-class TrainGanResult(StepResult):
-    """What ``train_gan`` produced.
-
-    Attributes:
-        generator: the exported generator (``generator.pt``), what Deact loads.
-        checkpoint: the last training checkpoint ("" when a generator was reused).
-        config: the resolved config saved beside the outputs ("" when reused).
-        metrics_log: the JSON Lines metrics log ("" when reused).
-        samples: sample grids (plain and perturbed) per epoch end.
-        dataset_version: the dataset the generator was trained on.
-        steps: training steps in all.
-        epochs: complete epochs.
-        projection_msc: final mean squared cosine of the noise filters (paper Fig. 8).
-        resumed_from_step: the checkpoint step this run resumed from, else None.
-        quality: sample-quality figures (Frechet distances), when computed.
-        reused: the generator was passed through (``--reuse-generator``), not trained.
-    """
-
-    step = "train_gan"
-
-    generator: str
-    checkpoint: str = ""
-    config: str = ""
-    metrics_log: str = ""
-    samples: list[str] = Field(default_factory=list)
-    dataset_version: str | None = None
-    steps: int = 0
-    epochs: int = 0
-    projection_msc: float | None = None
-    resumed_from_step: int | None = None
-    quality: dict[str, float] = Field(default_factory=dict)
-    reused: bool = False
 
 
 def run(
@@ -106,10 +69,18 @@ def run(
             reused=True,
         )
     else:
+        # torch loads only when a step runs: --help and a bad config answer in < 0.5 s.
+        from fashion_attr.classifier.feature_space import classifier_space
         from fashion_attr.gan.trainer import train
 
-        outcome = train(cfg, data, out, cache_dir=cache_dir, resume=resume)
-        result = TrainGanResult(**dataclasses.asdict(outcome))
+        result = train(
+            cfg,
+            data,
+            out,
+            cache_dir=cache_dir,
+            resume=resume,
+            feature_space=classifier_space,
+        )
     if is_rank0():
         result.write(out)
     return result

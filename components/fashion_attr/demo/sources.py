@@ -16,10 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+from fashion_attr import storage
+from fashion_attr.demo.dataset import generate_demo_dataset
 
 __all__ = [
     "DEMO_SCHEME",
@@ -27,10 +31,12 @@ __all__ = [
     "cache_root",
     "demo_params",
     "demo_uri",
+    "readable_source",
     "resolve_source",
 ]
 
 DEMO_SCHEME = "demo://"
+_DEMO_CACHE = re.compile(r"images-(\d+)-seed-(\d+)/?$")
 KEEP_DEMO_CATALOGS = 3
 
 log = logging.getLogger(__name__)
@@ -84,8 +90,6 @@ def resolve_source(uri: str) -> str:
     root = parent / f"images-{images}-seed-{seed}"
     if (root / "Eval" / "list_eval_partition.txt").exists():
         return str(root)
-    from fashion_attr.demo import generate_demo_dataset
-
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=parent))
     generate_demo_dataset(tmp, images=images, seed=seed)
@@ -96,6 +100,21 @@ def resolve_source(uri: str) -> str:
     log.info("generated the demo catalog %s in %s", uri, root)
     _prune(parent, keep=root)
     return str(root)
+
+
+def readable_source(source: str) -> str:
+    """``source``, or the regenerated demo catalog when it is a demo cache not on this host.
+
+    A dataset version made from ``demo://`` records the cache folder it was generated in;
+    another machine (a container, a later evaluation pod) regenerates the same catalog
+    from the folder's name (the generator is deterministic).
+    """
+    if storage.is_s3(source) or Path(source).exists():
+        return source
+    match = _DEMO_CACHE.search(source)
+    if match:
+        return resolve_source(demo_uri(int(match.group(1)), int(match.group(2))))
+    return source
 
 
 def _prune(parent: Path, keep: Path) -> None:

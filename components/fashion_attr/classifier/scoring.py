@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from fashion_attr.classifier.export import load_exported_model
+from fashion_attr.classifier.inference import predict_split
 from fashion_attr.config import EvaluateConfig
+from fashion_attr.data.info import DatasetInfo
+from fashion_attr.data.loader import make_loader
+from fashion_attr.demo.sources import readable_source
+from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
+from fashion_attr.evaluation.whole_images import WholeImages
+from fashion_attr.runtime import resolve_device, use_bf16
 
 __all__ = ["Scores", "score_model"]
 
@@ -58,13 +66,6 @@ def score_model(
         ValueError: the model was trained on another label layout than the dataset, the
             split is empty, or the file is not a classifier export (names it and the fix).
     """
-    from fashion_attr.classifier.export import load_exported_model
-    from fashion_attr.classifier.inference import predict_split
-    from fashion_attr.data.info import DatasetInfo
-    from fashion_attr.data.loader import make_loader
-    from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
-    from fashion_attr.runtime import resolve_device, use_bf16
-
     device = resolve_device(cfg.device)
     info = DatasetInfo.load(data)
     net, meta = load_exported_model(str(model), device)
@@ -137,14 +138,12 @@ def score_model(
         scores.metrics.update(cat_m.compute())
         scores.confusion = cat_m.confusion_matrix()
     if cfg.whole_images > 0:
-        from fashion_attr.evaluation.whole_images import WholeImages
-
         # The same metrics on whole photos, squashed to the input as pyfunc does without
         # a bbox: what a served model gets when the caller knows no box.
         whole_attr, whole_cat = accumulators()
         whole = WholeImages(
             loader.dataset,
-            loader.manifest.source,
+            readable_source(loader.manifest.source),
             limit=cfg.whole_images,
             image_size=loader.manifest.image_size,
             batch_size=cfg.batch_size,
