@@ -195,3 +195,20 @@ def test_update_and_weights_do_not_sync_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert mem.cat_scores.cpu().tolist() == pytest.approx([0.95, 1.0, 0.7])
+
+
+def test_labels_absent_from_training_start_and_stay_at_zero():
+    present_attr = torch.tensor([True, False, True])
+    present_cat = torch.tensor([False, True])
+    m = HardLabelMemory(3, 2, present_attributes=present_attr, present_categories=present_cat)
+    assert m.attr_scores[:, 1].tolist() == [1.0, 0.0, 1.0]
+    assert m.attr_scores[:, 0].tolist() == [1.0, 1.0, 1.0]  # negatives are all drawable
+    assert m.cat_scores.tolist() == [0.0, 1.0]
+    # a batch that only has the present labels leaves the absent ones at zero
+    targets = torch.tensor([[1.0, 0.0, 1.0]])
+    m.update(torch.full((1, 3), 0.5), targets, None, torch.tensor([0.5]), torch.tensor([1]))
+    assert m.attr_scores[1, 1] == 0 and m.cat_scores[0] == 0
+    cats, attrs = m.sample_conditions(200, generator=torch.Generator().manual_seed(0))
+    assert (cats == 1).all() and attrs[:, 1].sum() == 0
+    with pytest.raises(ValueError, match="present_categories"):
+        HardLabelMemory(3, 2, present_categories=torch.ones(3, dtype=torch.bool))

@@ -82,8 +82,10 @@ class HardLabelMemory:
         init_value: float = 1.0,
         positives_per_image: int = 1,
         device: torch.device | str | None = None,
+        present_attributes: Tensor | None = None,
+        present_categories: Tensor | None = None,
     ) -> None:
-        """Create a memory with every score equal to ``init_value``.
+        """Create a memory with every score of a present label equal to ``init_value``.
 
         Args:
             num_attributes: Number of binary attributes ``N`` (>= 0).
@@ -94,6 +96,12 @@ class HardLabelMemory:
                 when N > 0 (default the training set's mean, see
                 :func:`default_positives_per_image`); ignored and stored as 0 when N = 0.
             device: Device of the state (default CPU).
+            present_attributes: ``[N]`` bool, attributes with positives in the training
+                split (default: all). The positive score of an absent one starts, and
+                stays, at zero: the generator never saw that condition, and a constant
+                score that no batch updates would dominate the pmfs.
+            present_categories: ``[C]`` bool, categories present in the training split
+                (default: all); an absent one's score starts and stays at zero.
 
         Raises:
             ValueError: On any out-of-range argument; the message names it.
@@ -127,6 +135,19 @@ class HardLabelMemory:
         dev = torch.device(device) if device is not None else torch.device("cpu")
         self.attr_scores = torch.full((num_attributes, 2), float(init_value), device=dev)
         self.cat_scores = torch.full((num_categories,), float(init_value), device=dev)
+        for name, mask, size in (
+            ("present_attributes", present_attributes, num_attributes),
+            ("present_categories", present_categories, num_categories),
+        ):
+            if mask is not None and tuple(mask.shape) != (size,):
+                raise ValueError(
+                    f"HardLabelMemory: argument {name!r} has shape {tuple(mask.shape)}; it must "
+                    f"be ({size},), one flag per label."
+                )
+        if present_attributes is not None:
+            self.attr_scores[:, 1] *= present_attributes.to(dev, torch.float32)
+        if present_categories is not None:
+            self.cat_scores *= present_categories.to(dev, torch.float32)
         self.num_updates = torch.zeros((), dtype=torch.long, device=dev)
 
     # ----------------------------------------------------------------- device / state

@@ -181,16 +181,10 @@ def make_deact(
         momentum=cfg.deact.memory_momentum,
         positives_per_image=min(max(ppi, 1), max(info.num_attributes, 1)),
         device=device,
+        # Labels absent from the train split start, and stay, at zero (docs/method.md).
+        present_attributes=torch.as_tensor(info.train_pos_counts > 0),
+        present_categories=torch.as_tensor(info.train_category_counts > 0),
     )
-    # Labels that never occur in the train split would keep their initial score
-    # forever and dominate the pmfs; the generator was never conditioned on them
-    # either. They start (and stay) at zero; all others start equal (docs/method.md).
-    state = memory.state_dict()
-    if info.num_attributes:
-        state["attr_scores"][:, 1] *= (info.train_pos_counts > 0).to(device, torch.float32)
-    if info.num_categories:
-        state["cat_scores"] *= (info.train_category_counts > 0).to(device, torch.float32)
-    memory.load_state_dict(state)
     return DeactLoss(
         generator,
         memory,
@@ -210,14 +204,17 @@ def deact_from_generator(
     cfg: ClassifierConfig,
     info: DatasetInfo,
     generator_uri: str | None,
+    *,
     device: torch.device,
     in_channels: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    rank: int,
-    channels_last: bool,
+    rank: int = 0,
+    channels_last: bool = False,
 ) -> DeactLoss | None:
     """The Deact loss of ``cfg`` around the generator exported at ``generator_uri``.
+
+    The keyword arguments are those of :func:`make_deact`.
 
     Returns:
         None when ``deact.enabled`` is false.

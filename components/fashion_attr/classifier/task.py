@@ -30,11 +30,11 @@ from torch.profiler import record_function
 from fashion_attr.classifier.deact import DeactLoss
 from fashion_attr.config import ClassifierConfig
 from fashion_attr.losses import (
+    LabelCounts,
+    build_loss,
     category_hardness,
-    get_loss,
     habp_terms,
     node_hardness,
-    wce_pos_weight,
 )
 from fashion_attr.runtime import DistContext
 
@@ -78,23 +78,12 @@ class ClassifierTask:
         self.ctx = ctx
         self.deact = deact
         self.memory = deact.memory if deact is not None else None
-        self.loss_name = cfg.loss.name
-        pos = train_pos_counts.to(device, torch.float32)
-        neg = train_neg_counts.to(device, torch.float32)
-        self.kwargs: dict[str, object] = {}
-        name, lc = cfg.loss.name, cfg.loss
-        if name in ("focal", "weighted_focal"):
-            self.kwargs["gamma"] = lc.gamma
-        if name == "weighted_focal":
-            self.kwargs["priors"] = pos / max(num_train, 1)
-        if name == "ohem":
-            self.kwargs["ratio"] = lc.ohem_ratio
-        if name in ("wce_a", "wce_b"):
-            self.kwargs.update(pos_counts=pos, neg_counts=neg)
-        self.pos_weight = None
-        if name == "habp" and lc.base == "wce_b":
-            self.pos_weight = wce_pos_weight("B", pos, neg)
-        self.fn = get_loss(name)
+        counts = LabelCounts(
+            pos=train_pos_counts.to(device, torch.float32),
+            neg=train_neg_counts.to(device, torch.float32),
+            num_train=num_train,
+        )
+        self.loss = build_loss(cfg.loss, counts)
 
     def is_deact_step(self, step: int) -> bool:
         """Deact runs on iterations ``every, 2*every, ...`` (1-based step numbers)."""
@@ -118,18 +107,10 @@ class ClassifierTask:
         tgt = targets if attr is not None else None
         kn = known if attr is not None else None
         ct = category if cat is not None else None
-        if self.loss_name != "habp":
-            return self.fn(attr, tgt, kn, cat, ct, **self.kwargs)
-        num, den = habp_terms(
-            attr,
-            tgt,
-            kn,
-            cat,
-            ct,
-            gamma=self.cfg.loss.gamma,
-            detach_weights=self.cfg.loss.detach_weights,
-            pos_weight=self.pos_weight,
-        )
+        if self.loss.name != "habp":
+            return self.loss(attr, tgt, kn, cat, ct)
+        # HABP's normaliser is a sum over the batch: under DDP it is all-reduced (below).
+        num, den = habp_terms(attr, tgt, kn, cat, ct, **self.loss.kwargs)
         if self.ctx.world_size > 1 and self.cfg.loss.normalizer == "global":
             # DDP averages gradients over ranks, so scale by world size: the
             # result is the gradient of sum(num_r) / sum(den_r) (see habp_terms).

@@ -57,6 +57,8 @@ name               required                              optional (default)
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from torch import Tensor
 
@@ -91,9 +93,13 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "LOSSES",
     "REQUIRED_KWARGS",
+    "BuiltLoss",
+    "LabelCounts",
+    "LossSettings",
     "asymmetric_loss",
     "attribute_node_loss",
     "bce_loss",
+    "build_loss",
     "category_hardness",
     "category_node_loss",
     "deact_binary_loss",
@@ -158,3 +164,85 @@ def get_loss(name: str) -> Callable[..., Tensor]:
             f"loss name {name!r} is unknown; allowed values are {sorted(LOSSES)} "
             "(set the training config's loss field to one of them)."
         ) from None
+
+
+class LossSettings(Protocol):
+    """What :func:`build_loss` reads of a loss configuration (``config.LossConfig``)."""
+
+    name: str
+    gamma: float
+    base: str
+    detach_weights: bool
+    ohem_ratio: float
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    """The training split's label statistics some losses are built from.
+
+    Attributes:
+        pos: ``[N]`` float positives per attribute.
+        neg: ``[N]`` float negatives per attribute (unknown labels count as neither).
+        num_train: training images.
+    """
+
+    pos: Tensor
+    neg: Tensor
+    num_train: int
+
+
+@dataclass(frozen=True)
+class BuiltLoss:
+    """A classification loss with its settings bound: ``loss(attr, tgt, known, cat, ct)``.
+
+    Attributes:
+        name: the :data:`LOSSES` name.
+        fn: the loss function.
+        kwargs: the keyword arguments :func:`build_loss` bound (HABP's are those of
+            :func:`habp_terms` too, for the global normaliser under DDP).
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, *args: Tensor | None) -> Tensor:
+        """The loss of a batch, in the common call shape (module docstring)."""
+        return self.fn(*args, **self.kwargs)
+
+
+def _habp_kwargs(s: LossSettings, c: LabelCounts) -> dict[str, Any]:
+    # The paper's class-balanced runs put HABP on a weighted CE-B base (section 1).
+    pos_weight = wce_pos_weight("B", c.pos, c.neg) if s.base == "wce_b" else None
+    return {"gamma": s.gamma, "detach_weights": s.detach_weights, "pos_weight": pos_weight}
+
+
+#: What each loss takes from the settings and the label counts (a loss's own defaults
+#: stand for everything not listed, e.g. focal's ``detach_weights=False``).
+_KWARGS: dict[str, Callable[[LossSettings, LabelCounts], dict[str, Any]]] = {
+    "ce": lambda s, c: {},
+    "focal": lambda s, c: {"gamma": s.gamma},
+    "weighted_focal": lambda s, c: {"gamma": s.gamma, "priors": c.pos / max(c.num_train, 1)},
+    "ohem": lambda s, c: {"ratio": s.ohem_ratio},
+    "wce_a": lambda s, c: {"pos_counts": c.pos, "neg_counts": c.neg},
+    "wce_b": lambda s, c: {"pos_counts": c.pos, "neg_counts": c.neg},
+    "asl": lambda s, c: {},
+    "habp": _habp_kwargs,
+}
+
+
+def build_loss(settings: LossSettings, counts: LabelCounts) -> BuiltLoss:
+    """The configured classification loss with its settings and statistics bound.
+
+    Args:
+        settings: the loss configuration (name, gamma, base, detach_weights, ohem_ratio).
+        counts: the training split's per-attribute counts.
+
+    Returns:
+        The :class:`BuiltLoss`.
+
+    Raises:
+        ValueError: On an unknown name, listing the allowed ones.
+    """
+    fn = get_loss(settings.name)
+    return BuiltLoss(settings.name, fn, _KWARGS[settings.name](settings, counts))
