@@ -6,7 +6,7 @@ Usage::
 
 Generates the procedural demo dataset (DeepFashion-C layout, 160-320 px
 JPEGs, like DeepFashion-C's ~300 px photos) in a temp folder and times
-:func:`fashion_attr.data.ingest.run_preprocess` into a fresh destination for
+:func:`fashion_attr.data.ingest.ingest_full` into a fresh destination for
 each worker count: wall time of the whole run (hash, parse, decode, crop,
 resize, encode, shard, manifest), images/s, images/s per worker, and the
 start-up time of the worker processes (to the first processed image), which
@@ -29,11 +29,11 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = p.parse_args()
-    from fashion_attr.data import ingest
+    from fashion_attr.data.ingest import engine, ingest_full
     from fashion_attr.demo import generate_demo_dataset
 
     first_result: list[float] = []
-    original = ingest._run_tasks
+    original = engine._run_tasks
 
     def timed(tasks, settings, workers):
         start = time.perf_counter()
@@ -42,7 +42,7 @@ def main() -> None:
                 first_result.append(time.perf_counter() - start)
             yield item
 
-    ingest._run_tasks = timed
+    engine._run_tasks = timed
     print(f"CPUs: {os.cpu_count()}")
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_s:
         tmp = Path(tmp_s)
@@ -51,7 +51,7 @@ def main() -> None:
         for w in args.workers:
             first_result.clear()
             start = time.perf_counter()
-            ingest.run_preprocess(
+            ingest_full(
                 src, tmp / f"dest{w}", image_size=args.image_size, workers=w, progress=False
             )
             secs = time.perf_counter() - start

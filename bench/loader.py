@@ -121,14 +121,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.data.ingest import ingest_full
     from fashion_attr.demo import generate_demo_dataset
 
     print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp_s:
         tmp = Path(tmp_s)
         src = generate_demo_dataset(tmp / "src", images=args.images, min_size=160, max_size=320)
-        version = run_preprocess(src, tmp / "dest", image_size=args.image_size, progress=False).uri
+        version = ingest_full(src, tmp / "dest", image_size=args.image_size, progress=False).uri
         loose = tmp / "loose"
         n = export_loose(version, loose)
         cache = tmp / "cache"

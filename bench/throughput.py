@@ -25,7 +25,7 @@ that ``bench/device/prepare.sh`` copies in for GPU runs):
    :class:`~fashion_attr.gan.trainer.GanTrainer` (decorrelation on), on synthetic
    input and, through ``ResumableLoop.advance``, fed from the shards as ``train_gan``
    does, vs the anchor's plain multi-resolution GAN step re-implemented at the same sizes;
-4. **ingest**: ``run_preprocess`` (hash, parse, decode, crop, resize, encode,
+4. **ingest**: ``ingest_full`` (hash, parse, decode, crop, resize, encode,
    shard, manifest) with 1 and 2 worker processes vs a plain PIL
    decode + crop + resize + encode loop over the same images (one process);
 5. **loader**: ``make_loader`` + ``prepare_images`` (as the trainer consumes it)
@@ -166,7 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="train,gan,loader,eval,infer,ingest",
         help="sections to run (comma list of train,gan,loader,eval,infer,ingest)",
     )
-    p.add_argument("--ingest-workers", default="1,2", help="run_preprocess worker counts")
+    p.add_argument("--ingest-workers", default="1,2", help="ingest_full worker counts")
     p.add_argument(
         "--loader-workers",
         default=None,
@@ -485,7 +485,7 @@ class Data:
 
 
 def prepare_data(args: argparse.Namespace, log: Callable[[str], None]) -> Data:
-    from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.data.ingest import ingest_full
     from fashion_attr.demo import generate_demo_dataset
 
     d = args.defaults
@@ -507,7 +507,7 @@ def prepare_data(args: argparse.Namespace, log: Callable[[str], None]) -> Data:
         marker.write_text("ok\n")
         log(f"generated {args.images} demo images in {time.perf_counter() - t0:.1f} s -> {src}")
     t0 = time.perf_counter()
-    res = run_preprocess(src, base / "versions", image_size=size, workers=1, progress=False)
+    res = ingest_full(src, base / "versions", image_size=size, workers=1, progress=False)
     if res.created:
         log(f"ingested to {res.uri} in {time.perf_counter() - t0:.1f} s")
     loose = base / "loose"
@@ -1335,13 +1335,12 @@ def plain_ingest(source: Path, size: int, quality: int = 90) -> int:
 
 
 def section_ingest(ctx: Ctx) -> None:
-    from fashion_attr.data import ingest
-    from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.data.ingest import engine, ingest_full
 
     # Time stamps of the first and last processed image (as bench/ingest.py does), so the
     # steady per-worker rate can be told apart from the spawned workers' start-up.
     stamps: list[float] = []
-    original = ingest._run_tasks
+    original = engine._run_tasks
 
     def timed(tasks: Any, settings: Any, workers: int) -> Iterator[Any]:
         for item in original(tasks, settings, workers):
@@ -1364,12 +1363,12 @@ def section_ingest(ctx: Ctx) -> None:
             plain_rate,
             note=f"{n} images -> {size} px",
         )
-        ingest._run_tasks = timed
+        engine._run_tasks = timed
         for w in counts:
             dest = tmp / f"w{w}"
             stamps.clear()
             t0 = time.perf_counter()
-            res = run_preprocess(ctx.data.source, dest, image_size=size, workers=w, progress=False)
+            res = ingest_full(ctx.data.source, dest, image_size=size, workers=w, progress=False)
             secs = time.perf_counter() - t0
             total = sum(int(v) for v in res.manifest.counts.values()) if res.manifest else n
             rate = total / secs
@@ -1377,7 +1376,7 @@ def section_ingest(ctx: Ctx) -> None:
             start_up = stamps[0] - t0 if stamps else float("nan")
             ctx.rep.add(
                 "ingest",
-                f"project run_preprocess, {w} worker(s) (per worker: {rate / w:.1f})",
+                f"project ingest_full, {w} worker(s) (per worker: {rate / w:.1f})",
                 w,
                 rate,
                 rate / w / plain_rate,
@@ -1389,7 +1388,7 @@ def section_ingest(ctx: Ctx) -> None:
             )
             shutil.rmtree(dest, ignore_errors=True)
     finally:
-        ingest._run_tasks = original
+        engine._run_tasks = original
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -1410,7 +1409,7 @@ def project_cost(ctx: Ctx) -> None:
     cpus = cpus or 1
     per_worker = None
     for row in rep.rows:  # the single-worker ingest row gives the per-worker rate
-        if row[0] == "ingest" and str(row[1]).startswith("project run_preprocess, 1 ") and row[3]:
+        if row[0] == "ingest" and str(row[1]).startswith("project ingest_full, 1 ") and row[3]:
             per_worker = float(row[3])
     gan = _rate(rep, "gan", "project MR-GAN D+G step (shards") or _rate(
         rep, "gan", "project MR-GAN D+G step (synthetic"

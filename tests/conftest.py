@@ -99,10 +99,10 @@ def demo_copy(demo_dataset: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_version(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.data.ingest import ingest_full
 
     dest = tmp_path_factory.mktemp("demo_versions")
-    result = run_preprocess(
+    result = ingest_full(
         demo_dataset,
         dest,
         image_size=DEMO_VERSION_IMAGE_SIZE,

@@ -15,14 +15,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fashion_attr.data import ingest
 from fashion_attr.data.annotations import (
     HEADERS,
     clamp_bbox,
     load_annotations_from_dir,
     write_annotation_file,
 )
-from fashion_attr.data.ingest import IngestError, run_preprocess
+from fashion_attr.data.ingest import IngestError, engine, ingest_batch, ingest_full
 from fashion_attr.data.shards import (
     ManifestError,
     ShardWriter,
@@ -42,7 +41,11 @@ PER_SHARD = 16
 def _run(src, dest, **kw):
     kw.setdefault("image_size", SIZE)
     kw.setdefault("shard_max_samples", PER_SHARD)
-    return run_preprocess(src, dest, progress=False, **kw)
+    return ingest_full(src, dest, progress=False, **kw)
+
+
+def _fold(dest, base, batch, **kw):
+    return ingest_batch(dest, base=base, batch=batch, progress=False, **kw)
 
 
 def _cli(capsys, *args: str) -> tuple[int, dict | None, str]:
@@ -355,7 +358,7 @@ def test_decompression_bomb_guard_skips_large_images(demo_copy, tmp_path, monkey
         with Image.open(demo_copy / "Img" / r.name) as im:
             areas[r.name] = im.size[0] * im.size[1]
     cap = sorted(areas.values())[len(areas) // 2]
-    monkeypatch.setattr(ingest, "MAX_IMAGE_PIXELS", cap)
+    monkeypatch.setattr(engine, "MAX_IMAGE_PIXELS", cap)
     res = _run(demo_copy, tmp_path / "dest")
     big = {n for n, a in areas.items() if a > cap}
     assert {s.image for s in res.manifest.skipped} == big and big
@@ -385,7 +388,7 @@ def test_killed_run_is_invisible_and_a_rerun_completes(demo_dataset: Path, tmp_p
         """
         import os, sys
         from fashion_attr.data import shards
-        from fashion_attr.data.ingest import run_preprocess
+        from fashion_attr.data.ingest import ingest_full
         original = shards.ShardWriter._close_current
         published = []
         def close_then_die(self):
@@ -395,7 +398,7 @@ def test_killed_run_is_invisible_and_a_rerun_completes(demo_dataset: Path, tmp_p
                 os._exit(9)
             return out
         shards.ShardWriter._close_current = close_then_die
-        run_preprocess(sys.argv[1], sys.argv[2], image_size=32, shard_max_samples=16,
+        ingest_full(sys.argv[1], sys.argv[2], image_size=32, shard_max_samples=16,
                        progress=False)
         """
     )
@@ -499,7 +502,7 @@ def test_bad_arguments_exit_2(demo_dataset: Path, tmp_path: Path, capsys):
     rc, _, err = _cli(capsys, "--dest", tmp_path, "--batch", "x.jsonl")
     assert rc == 2 and "needs both --base" in err
     with pytest.raises(IngestError, match="workers"):
-        run_preprocess(demo_dataset, tmp_path, workers=0)
+        ingest_full(demo_dataset, tmp_path, workers=0)
 
 
 # --------------------------------------------------------------------------- incremental
@@ -619,7 +622,7 @@ def test_incremental_folder_batch_dedupes_and_checks_labels(demo_dataset, tmp_pa
                           HEADERS["Eval/list_eval_partition.txt"],
                           [[n, s] for n, _, _, _, s in rows])  # fmt: skip
 
-    res = _run(None, dest, base=base.version, batch=batch, image_size=None)
+    res = _fold(dest, base.version, batch)
     b = base.manifest.counts
     assert res.manifest.counts == {"train": b["train"] + 1, "val": b["val"], "test": b["test"] + 1}
     assert [s.model_dump() for s in res.manifest.skipped] == [
@@ -636,6 +639,46 @@ def test_incremental_folder_batch_dedupes_and_checks_labels(demo_dataset, tmp_pa
     lines[4] = "renamed attribute  1"
     p.write_text("\n".join(lines))
     with pytest.raises(IngestError, match=r"list_attr_cloth.txt: attribute 3 \(line 5\)"):
-        _run(None, dest, base=base.version, batch=batch, image_size=None)
+        _fold(dest, base.version, batch)
     with pytest.raises(IngestError, match="image_size = 64 differs from the base"):
-        _run(None, dest, base=base.version, batch=batch, image_size=64)
+        _fold(dest, base.version, batch, image_size=64)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"source": "s"}, "full"),
+        ({"source": "s", "part": 1, "parts": 3}, "part"),
+        ({"source": "s", "merge": True, "parts": 3}, "merge"),
+        ({"source": "s", "merge": True}, "merge"),
+        ({"base": "latest", "batch": "b.jsonl"}, "batch"),
+        ({"source": "s", "base": "latest", "batch": "drop/"}, "batch"),
+    ],
+)
+def test_the_arguments_choose_one_named_operation(args, expected):
+    from fashion_attr.data.ingest import choose_operation
+
+    full = {"source": None, "base": None, "batch": None, "part": None, "parts": None}
+    assert choose_operation(**{**full, "merge": False, **args}) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"base": "v-1"}, "needs both --base"),
+        ({"batch": "b.jsonl"}, "needs both --base"),
+        ({"base": "v-1", "batch": "b", "part": 0, "parts": 2}, "drop --part"),
+        ({"base": "v-1", "batch": "b", "merge": True}, "drop --part"),
+        ({"source": "s", "part": 0, "merge": True}, "drop --part when merging"),
+        ({"source": "s", "part": 3, "parts": 3}, "0 <= part < n"),
+        ({"source": "s", "part": 0}, "needs --parts"),
+        ({"source": "s", "parts": 0}, "--parts >= 1"),
+        ({}, "needs --source"),
+    ],
+)
+def test_meaningless_argument_sets_are_refused_with_the_fix(args, message):
+    from fashion_attr.data.ingest import choose_operation
+
+    full = {"source": None, "base": None, "batch": None, "part": None, "parts": None}
+    with pytest.raises(IngestError, match=re.escape(message)):
+        choose_operation(**{**full, "merge": False, **args})

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fashion_attr import storage
-from fashion_attr.data.ingest import run_preprocess
+from fashion_attr.data.ingest import ingest_full
 from fashion_attr.data.loader import (
     LoaderState,
     decode_batch_on_device,
@@ -249,7 +249,7 @@ def test_bad_arguments_are_refused(demo_version: str, tmp_path: Path) -> None:
 def test_s3_shards_are_cached_verified_and_redownloaded(
     demo_dataset, tmp_path, s3_server, monkeypatch
 ) -> None:
-    res = run_preprocess(
+    res = ingest_full(
         demo_dataset, s3_server.uri("v"), image_size=32, shard_max_samples=16, progress=False
     )
     downloads: list[str] = []

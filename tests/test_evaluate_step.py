@@ -73,10 +73,10 @@ def _write_dataset(root: Path, attributes: list[tuple[str, int]]) -> Path:
 
 @pytest.fixture(scope="module")
 def hand_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.data.ingest import ingest_full
 
     root = tmp_path_factory.mktemp("hand")
-    data = run_preprocess(
+    data = ingest_full(
         _write_dataset(root / "src", ATTRIBUTES), root / "versions", image_size=32, progress=False
     ).uri
     # A real export (format, preprocessing, label layout) from a one-step run ...
@@ -186,10 +186,10 @@ def test_compare_to_adds_a_comparison_table(
 def test_model_for_another_label_layout_is_refused(
     hand_case: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.data.ingest import ingest_full
 
     renamed = [("print", 1), ("floral", 1), ("denim", 2), ("blue", 5)]
-    other = run_preprocess(
+    other = ingest_full(
         _write_dataset(tmp_path / "src", renamed), tmp_path / "v", image_size=32, progress=False
     ).uri
     out = tmp_path / "eval"

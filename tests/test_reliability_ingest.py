@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from fashion_attr.data.annotations import load_annotations_from_dir
-from fashion_attr.data.ingest import run_preprocess
+from fashion_attr.data.ingest import ingest_full
 from fashion_attr.data.shards import (
     ManifestError,
     ShardWriter,
@@ -187,7 +187,7 @@ def test_a_run_failing_after_a_concurrent_run_published_keeps_its_shards(
         if len(closed) == 3:
             # Meanwhile another run of the same version completes and publishes it ...
             monkeypatch.setattr(ShardWriter, "_close_current", original)
-            other = run_preprocess(
+            other = ingest_full(
                 demo_dataset, dest, image_size=32, shard_max_samples=PER_SHARD, progress=False
             )
             assert other.created
@@ -197,9 +197,7 @@ def test_a_run_failing_after_a_concurrent_run_published_keeps_its_shards(
 
     monkeypatch.setattr(ShardWriter, "_close_current", close_then_lose_the_race)
     with pytest.raises(OSError, match="disk full"):
-        run_preprocess(
-            demo_dataset, dest, image_size=32, shard_max_samples=PER_SHARD, progress=False
-        )
+        ingest_full(demo_dataset, dest, image_size=32, shard_max_samples=PER_SHARD, progress=False)
     [version_dir] = sorted(dest.glob("v-*"))
     counts = verify_version(str(version_dir), demo_dataset)
     assert sum(counts.values()) == 96

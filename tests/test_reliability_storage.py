@@ -38,7 +38,7 @@ import pytest
 import torch
 from fashion_attr import storage
 from fashion_attr.checkpoint import load_artifact, save_artifact
-from fashion_attr.data.ingest import run_preprocess
+from fashion_attr.data.ingest import ingest_full
 from fashion_attr.data.shards import load_manifest
 from fashion_attr.steps.preprocess import main as preprocess_main
 
@@ -93,10 +93,10 @@ def test_ingest_s3_to_s3_through_faults_equals_the_local_ingest(
 ) -> None:
     _upload_tree(s3_server, demo_dataset, "raw")  # direct to moto: no faults while staging
     settings = {"image_size": 32, "shard_max_samples": 8, "progress": False}
-    local = run_preprocess(demo_dataset, tmp_path / "local", **settings)
+    local = ingest_full(demo_dataset, tmp_path / "local", **settings)
 
     start = time.monotonic()
-    remote = run_preprocess(s3_server.uri("raw"), s3_server.uri("versions"), **settings)
+    remote = ingest_full(s3_server.uri("raw"), s3_server.uri("versions"), **settings)
     elapsed = time.monotonic() - start
     _report("ingest s3->s3", proxy, elapsed)
 

@@ -414,12 +414,12 @@ def _constant_predictor_metrics(data: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def e2e_version(tmp_path_factory: pytest.TempPathFactory) -> str:
     """800 demo images at 32 px (about 560 train / 120 test): enough to learn from in seconds."""
-    from fashion_attr.data.ingest import run_preprocess
+    from fashion_attr.data.ingest import ingest_full
     from fashion_attr.demo import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("e2e")
     src = generate_demo_dataset(root / "src", images=800, seed=0, min_size=32, max_size=64)
-    return run_preprocess(src, root / "versions", image_size=32, progress=False).uri
+    return ingest_full(src, root / "versions", image_size=32, progress=False).uri
 
 
 def test_tiny_preset_end_to_end_beats_a_constant_predictor(

@@ -6,7 +6,7 @@ Modules:
   annotation files (:func:`load_annotations`).
 * :mod:`~fashion_attr.data.catalog`: JSON Lines catalog batches (:func:`read_catalog_jsonl`).
 * :mod:`~fashion_attr.data.shards`: the versioned tar-shard format and its manifest.
-* :mod:`~fashion_attr.data.ingest`: DeepFashion-C -> shard versions (:func:`run_preprocess`).
+* :mod:`~fashion_attr.data.ingest`: DeepFashion-C and batches -> shard versions.
 * :mod:`~fashion_attr.data.loader`: the resumable, DDP-aware training loader (:func:`make_loader`).
 
 Names are re-exported lazily (PEP 562): ``from fashion_attr.data import make_loader``
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
         IngestError,
         IngestResult,
         IngestSettings,
-        run_preprocess,
+        ingest_batch,
+        ingest_full,
     )
     from fashion_attr.data.loader import (
         IMAGENET_MEAN,
@@ -82,7 +83,9 @@ _EXPORTS: dict[str, str] = {
         "annotations",
     ),
     **dict.fromkeys(["CatalogRecord", "read_catalog_jsonl"], "catalog"),
-    **dict.fromkeys(["IngestError", "IngestResult", "IngestSettings", "run_preprocess"], "ingest"),
+    **dict.fromkeys(
+        ["IngestError", "IngestResult", "IngestSettings", "ingest_batch", "ingest_full"], "ingest"
+    ),
     **dict.fromkeys(
         [
             "IMAGENET_MEAN",
@@ -142,6 +145,8 @@ __all__ = [
     "decode_batch_on_device",
     "fetch_shards",
     "index_shard",
+    "ingest_batch",
+    "ingest_full",
     "iter_shard_samples",
     "load_annotations",
     "load_annotations_from_dir",
@@ -151,7 +156,6 @@ __all__ = [
     "rank_indices",
     "read_catalog_jsonl",
     "resolve_shard_uri",
-    "run_preprocess",
     "sample_key",
     "write_annotation_file",
 ]

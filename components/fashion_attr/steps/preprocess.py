@@ -41,7 +41,16 @@ from typing import Any
 from fashion_attr import storage
 from fashion_attr.config import PreprocessConfig, load_config
 from fashion_attr.data import versions
-from fashion_attr.data.ingest import IngestError, IngestResult, run_preprocess
+from fashion_attr.data.ingest import (
+    IngestError,
+    IngestResult,
+    choose_operation,
+    ingest_batch,
+    ingest_full,
+    ingest_part,
+    merge_parts,
+)
+from fashion_attr.data.shards import load_manifest
 from fashion_attr.demo.sources import resolve_source
 from fashion_attr.results import PreprocessResult
 from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
@@ -94,6 +103,10 @@ def run(
 ) -> PreprocessResult:
     """Ingest a source, one part of it, or fold catalog batches into a base version.
 
+    The arguments choose the operation (:func:`~fashion_attr.data.ingest.choose_operation`):
+    a base and a batch fold the batch in; a part ingests that part; ``merge`` publishes
+    the parts; a source alone is a full ingest.
+
     Args:
         cfg: the resolved :class:`PreprocessConfig`.
         dest: where versions live (folder or ``s3://`` prefix).
@@ -115,31 +128,24 @@ def run(
         IngestError: bad arguments, missing files, a base/batch mismatch, missing parts.
         ManifestError: the base version has no valid manifest.
     """
-    if base is not None or batch is not None:
-        if base is None or batch is None:
-            raise IngestError(
-                "an incremental ingest needs both --base (the version to extend, or 'latest') "
-                "and --batch/--batch-dir (the new data). Fix: pass both, or neither"
-            )
-        if part is not None or merge:
-            raise IngestError(
-                "--part/--merge split a full ingest; catalog batches are small and run in one "
-                "process. Fix: drop --part/--parts/--merge"
-            )
-        return _incremental(cfg, dest, source=source, base=base, batch=batch, progress=progress)
-    if source is None:
-        raise IngestError("a full ingest needs --source (the DeepFashion-C root, or demo://...)")
-    ingest = run_preprocess(
-        resolve_source(source),
-        dest,
-        **_settings(cfg, incremental=False),
-        part=part,
-        parts=parts,
-        merge=merge,
-        progress=progress,
+    operation = choose_operation(
+        source=source, base=base, batch=batch, part=part, parts=parts, merge=merge
     )
-    if ingest.part is not None:
-        return _result(ingest)
+    if operation == "batch":
+        assert base is not None and batch is not None
+        return _incremental(cfg, dest, source=source, base=base, batch=batch, progress=progress)
+    assert source is not None
+    root = resolve_source(source)
+    settings = _settings(cfg, incremental=False)
+    if operation == "part":
+        assert part is not None and parts is not None
+        return _result(
+            ingest_part(root, dest, part=part, parts=parts, progress=progress, **settings)
+        )
+    if operation == "merge":
+        ingest = merge_parts(root, dest, parts=parts, **settings)
+    else:
+        ingest = ingest_full(root, dest, progress=progress, **settings)
     latest = versions.set_latest(dest, ingest.version)
     result = _result(ingest, chain=[ingest.version] if ingest.created else [], latest=latest)
     if ingest.created:
@@ -160,8 +166,8 @@ def _incremental(
                 "yet and no --source was given to start from. Fix: pass --source (the first "
                 "run ingests it), or name a base version"
             )
-        first = run_preprocess(
-            resolve_source(source), dest, **_settings(cfg, incremental=False), progress=progress
+        first = ingest_full(
+            resolve_source(source), dest, progress=progress, **_settings(cfg, incremental=False)
         )
         start, current = first.version, first
         if first.created:
@@ -169,15 +175,13 @@ def _incremental(
     pending = versions.pending_batches(batch, dest, start)
     ref = start
     for uri in pending:
-        current = run_preprocess(
-            None, dest, **_settings(cfg, incremental=True), base=ref, batch=uri, progress=progress
+        current = ingest_batch(
+            dest, base=ref, batch=uri, progress=progress, **_settings(cfg, incremental=True)
         )
         ref = current.version
         if current.created:
             chain.append(current.version)
-    if current is None:  # nothing new: the base is the answer (downstream steps hit the cache)
-        from fashion_attr.data.shards import load_manifest
-
+    if current is None:  # nothing new: the base is the answer
         uri = versions.version_uri(dest, start)
         manifest = load_manifest(uri)
         current = IngestResult(manifest.version, uri, manifest, created=False)
