@@ -1,7 +1,7 @@
 """The thin KFP components of the retraining pipeline.
 
 Each is a lightweight ``@dsl.component`` on the project image whose body is one
-import and one call into :mod:`fashion_attr.steps.kfp_adapter`: lightweight (not
+import and one call into :mod:`fashion_attr.orchestration.kfp_adapter`: lightweight (not
 container) components are what ``kfp.local.SubprocessRunner`` runs, so the very
 same DAG runs on a laptop and on the cluster. The image already holds kfp and
 the package, so nothing is pip-installed at run time.
@@ -41,7 +41,7 @@ def validation(
     pipeline_run: str,
 ) -> list[int]:
     """Check every parameter, override, URI and credential in seconds, before any work."""
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     return kfp_adapter.validation(
         source_uri=source_uri,
@@ -74,7 +74,7 @@ def ingest_part(
     pipeline_run: str,
 ):
     """Validate, crop and shard one part of DeepFashion-C (component 1, fanned out)."""
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     kfp_adapter.ingest_part(
         source_uri=source_uri,
@@ -102,7 +102,7 @@ def ingest(
     dataset: Output[Dataset],
 ) -> str:
     """Publish the dataset version: merge the parts, or fold new catalog batches (component 1)."""
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     return kfp_adapter.ingest(
         source_uri=source_uri,
@@ -131,7 +131,7 @@ def gan_training(
     generator: Output[Model],
 ) -> str:
     """Train the conditional MR-GAN with decorrelation (component 2)."""
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     return kfp_adapter.gan_training(
         dataset=dataset,
@@ -161,7 +161,7 @@ def classifier_training(
     model: Output[Model],
 ) -> str:
     """Train the classifier with HABP + Deact using the frozen generator (component 3)."""
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     return kfp_adapter.classifier_training(
         dataset=dataset,
@@ -189,7 +189,7 @@ def evaluation(
     result: Output[Artifact],
 ) -> str:
     """Evaluate on the test split: metrics, Markdown report and plots (component 4a)."""
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     return kfp_adapter.evaluation(
         dataset=dataset,
@@ -217,7 +217,7 @@ def registration(
     result: Output[Artifact],
 ) -> str:
     """Register in MLflow and apply the like-for-like promotion gate (component 4b)."""
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     return kfp_adapter.registration(
         dataset=dataset,

@@ -6,7 +6,7 @@
         -> classifier_training (GPU, frozen generator) -> evaluation (GPU) -> registration (CPU)
 
 ``validation`` checks every parameter, override, URI and credential in seconds
-(:mod:`fashion_attr.preflight`) and plans the ingest fan-out: the loop iterates
+(:mod:`fashion_attr.orchestration.preflight`) and plans the ingest fan-out: the loop iterates
 over its typed ``list[int]`` output, and the loop body receives the part count as a
 plain integer (the KFP driver removes the iterated list from the loop body's
 inputs, and types untyped list items as strings).

@@ -9,7 +9,7 @@ generates new demo catalog data (a new seed), so running it again registers a
 new model version and applies the promotion gate. Training runs on the CPU
 (the pipeline is compiled with ``FA_GPUS_PER_STEP=0``).
 
-Before anything runs, every input is checked (:mod:`fashion_attr.preflight`).
+Before anything runs, every input is checked (:mod:`fashion_attr.orchestration.preflight`).
 The output shows each step's own progress and a final summary; KFP's executor
 dumps are hidden unless ``--verbose``.
 
@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["FA_IMAGE"] = args.image
 
     from fashion_attr.demo.sources import demo_uri
-    from fashion_attr.preflight import PreflightError, check_pipeline_inputs
-    from fashion_attr.steps.pipeline_params import names, overrides
+    from fashion_attr.orchestration.params import names, overrides
+    from fashion_attr.orchestration.preflight import PreflightError, check_pipeline_inputs
 
     source = demo_uri(args.images, seed)
     defaults = _pipeline_defaults()

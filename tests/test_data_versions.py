@@ -17,7 +17,8 @@ import pytest
 from fashion_attr.data import versions
 from fashion_attr.data.shards import load_manifest
 from fashion_attr.demo.sources import KEEP_DEMO_CATALOGS, resolve_source
-from fashion_attr.steps import kfp_adapter, preprocess
+from fashion_attr.orchestration import kfp_adapter
+from fashion_attr.steps import preprocess
 from PIL import Image
 
 

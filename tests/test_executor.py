@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from fashion_attr import storage
 from fashion_attr.config import ClassifierConfig, GanConfig, load_config
-from fashion_attr.steps import executor
+from fashion_attr.orchestration import executor
+from fashion_attr.orchestration.executor import Placement, execute, task_attempt
 from fashion_attr.steps.contract import EXIT_USER, StepError
-from fashion_attr.steps.executor import Placement, execute, task_attempt
 from fashion_attr.steps.train_gan import TrainGanResult
 from small_runs import CLF_SMALL, GAN_QUICK
 
@@ -60,7 +60,7 @@ def test_torchrun_failure_reaches_the_caller_with_the_steps_own_message(
 def test_multi_node_runs_a_cluster_job_and_reads_its_result(
     s3_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fashion_attr.launch as launch
+    import fashion_attr.cluster as launch
 
     out = s3_server.uri("runs/gan/0123456789abcdef")
     calls: list[tuple[Any, Any]] = []
@@ -84,7 +84,7 @@ def test_multi_node_runs_a_cluster_job_and_reads_its_result(
 def test_a_failed_cluster_job_raises_the_recorded_message(
     s3_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fashion_attr.launch as launch
+    import fashion_attr.cluster as launch
 
     out = s3_server.uri("runs/gan/fedcba9876543210")
 

@@ -42,7 +42,7 @@ KFP_BACKEND: dict[Grant, str] = {
     ),
 }
 
-#: What the project's own code does with the API (fashion_attr/launch.py).
+#: What the project's own code does with the API (fashion_attr/cluster/).
 PROJECT: dict[Grant, str] = {
     **{
         ("", "secrets", "get", name): "the launcher checks the training pods' Secrets exist"

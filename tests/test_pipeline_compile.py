@@ -151,7 +151,7 @@ def test_components_are_thin_lightweight_shells() -> None:
         comp = getattr(components, name)
         source = inspect.getsource(comp.python_func)
         body = source.split('"""')[-1]
-        assert "from fashion_attr.steps import kfp_adapter" in body, name
+        assert "from fashion_attr.orchestration import kfp_adapter" in body, name
         assert body.count("kfp_adapter.") == 1, f"{name} must make exactly one adapter call"
         assert f"kfp_adapter.{name}(" in body, name
         command = comp.component_spec.implementation.container.command

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fashion_attr.preflight import PreflightError, check_pipeline_inputs
+from fashion_attr.orchestration.preflight import PreflightError, check_pipeline_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_an_unknown_preset_is_named() -> None:
 def test_the_validation_task_exits_2_and_a_retry_fails_at_once(
     tmp_path: Path, sqlite_tracking: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fashion_attr.steps import kfp_adapter
+    from fashion_attr.orchestration import kfp_adapter
 
     params = {
         "source_uri": "demo://?images=40&seed=0",

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fashion_attr.launch import TRAINER_POD_FIELD, render_job
+from fashion_attr.cluster import TRAINER_POD_FIELD, render_job
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -4,8 +4,8 @@ Each component in ``pipelines/components.py`` calls the function of its name
 here. This module never imports kfp: an artifact is anything with ``.path``
 and ``.metadata`` (and ``log_metric`` for metrics), as KFP passes at run time.
 A function resolves the step's config (preset + overrides), calls the step's
-``run`` (training steps through :func:`~fashion_attr.steps.executor.execute`)
-inside :func:`~fashion_attr.steps.executor.task_attempt` (clean message, exit
+``run`` (training steps through :func:`~fashion_attr.orchestration.executor.execute`)
+inside :func:`~fashion_attr.orchestration.executor.task_attempt` (clean message, exit
 code 2 or 3, user errors not retried), and stores the typed result in its
 output artifact, where the next step reads it: no file name is guessed.
 
@@ -30,9 +30,9 @@ from fashion_attr.config import (
     PreprocessConfig,
     RegisterConfig,
 )
+from fashion_attr.orchestration.executor import Placement, execute, task_attempt
+from fashion_attr.orchestration.params import config, names, optional, overrides
 from fashion_attr.steps import evaluate, preprocess, register
-from fashion_attr.steps.executor import Placement, execute, task_attempt
-from fashion_attr.steps.pipeline_params import config, names, optional, overrides
 from fashion_attr.steps.train_classifier import TrainClassifierResult
 from fashion_attr.steps.train_gan import TrainGanResult
 
@@ -70,8 +70,8 @@ def _load(artifact: Artifact, result_type: type) -> Any:
 
 
 def validation(*, storage_uri: str, pipeline_run: str, **params: Any) -> list[int]:
-    """Check every input before any work (:mod:`fashion_attr.preflight`); plan the fan-out."""
-    from fashion_attr.preflight import check_pipeline_inputs
+    """Check every input before any work (:mod:`.preflight`); plan the ingest fan-out."""
+    from fashion_attr.orchestration.preflight import check_pipeline_inputs
 
     with task_attempt("validation", storage_uri, pipeline_run):
         for key in ("gan_overrides", "classifier_overrides"):

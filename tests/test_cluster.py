@@ -1,4 +1,4 @@
-"""Multi-node launcher (fashion_attr.launch): rendering, release detection, the wait loop.
+"""Multi-node launcher (fashion_attr.cluster): rendering, release detection, the wait loop.
 
 No cluster: the pod parts of the rendered jobs are validated as core Pods with
 kubernetes-validate, the Trainer release is read from the release CRDs in tests/fixtures/
@@ -19,8 +19,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from fashion_attr import launch
-from fashion_attr.launch import JobResult, job_name_for, launch_and_wait, render_job
+from fashion_attr import cluster as launch
+from fashion_attr.cluster import JobResult, job_name_for, launch_and_wait, render_job
+from fashion_attr.cluster import jobs as cluster_jobs
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
@@ -337,11 +338,11 @@ def test_bad_kind_raises_value_error() -> None:
 
 def test_v2_1_override_keeps_to_the_v2_1_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     # The v2.1 envelope takes the pinned (v2.3) models' pod patch: a field v2.1 lacks fails.
-    monkeypatch.setattr(launch, "_V21_POD_FIELDS", launch._V21_POD_FIELDS - {"volumes"})
+    monkeypatch.setattr(cluster_jobs, "_V21_POD_FIELDS", cluster_jobs._V21_POD_FIELDS - {"volumes"})
     with pytest.raises(ValueError, match=r"no field\(s\) \['volumes'\]"):
         render("trainjob", trainer_release="2.1")
-    monkeypatch.setattr(launch, "_V21_CONTAINER_FIELDS", frozenset({"name"}))
-    monkeypatch.setattr(launch, "_V21_POD_FIELDS", launch._V21_POD_FIELDS | {"volumes"})
+    monkeypatch.setattr(cluster_jobs, "_V21_CONTAINER_FIELDS", frozenset({"name"}))
+    monkeypatch.setattr(cluster_jobs, "_V21_POD_FIELDS", cluster_jobs._V21_POD_FIELDS | {"volumes"})
     with pytest.raises(ValueError, match=r"\['containers\[\]\.volumeMounts'\]"):
         render("trainjob", trainer_release="2.1")
     assert "runtimePatches" in render("trainjob", trainer_release="2.3")["spec"]
@@ -733,7 +734,7 @@ def test_failure_copies_pod_log_tails(caplog: pytest.LogCaptureFixture) -> None:
     api = FakeCustomObjects([cond("Failed", "JobSetFailed", "node-0 failed")])
     core = FakeCore({"object-store-credentials", "mlflow-credentials"})
     with (
-        caplog.at_level(logging.ERROR, logger="fashion_attr.launch"),
+        caplog.at_level(logging.ERROR, logger="fashion_attr.cluster"),
         pytest.raises(RuntimeError, match="JobSetFailed"),
     ):
         launch_and_wait(render("trainjob"), api=api, core_api=core, poll_s=0.001, timeout_s=5)
@@ -787,7 +788,7 @@ def test_trainer_release_is_read_from_the_crd(
     crd = load_crd(tag)
     assert launch.trainer_release_from_crd(crd) == release
     api = FakeCustomObjects([cond("Complete")], crd=crd)
-    with caplog.at_level(logging.INFO, logger="fashion_attr.launch"):
+    with caplog.at_level(logging.INFO, logger="fashion_attr.cluster"):
         run_gan(api)
     assert api.calls[0] == ("get-crd", "trainjobs.trainer.kubeflow.org")
     (stored,) = api.objects.values()

@@ -10,7 +10,7 @@
   ``python -m torch.distributed.run --standalone``;
 - **a cluster training job** (``nodes > 1``): the same CLI in a Kubeflow
   Trainer TrainJob or Training Operator PyTorchJob over that many GPU nodes
-  (:mod:`fashion_attr.launch`); this process submits it and waits.
+  (:mod:`fashion_attr.cluster`); this process submits it and waits.
 
 In the last two cases the result is read from ``<out>/result.json`` and a
 failure from ``<out>/error.json`` (which the step's CLI writes, see
@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from fashion_attr import storage
+from fashion_attr import cluster, storage
 from fashion_attr.config import config_to_dict
 from fashion_attr.steps import train_classifier, train_gan
 from fashion_attr.steps.contract import (
@@ -207,8 +207,6 @@ def _on_cluster(
     placement: Placement,
     inputs: Mapping[str, Any],
 ) -> None:
-    from fashion_attr.launch import run_step_on_cluster
-
     if not storage.is_s3(out):
         raise ValueError(
             f"multi-node training writes to {out!r}, which the other nodes cannot see. "
@@ -223,7 +221,7 @@ def _on_cluster(
     argv = _argv(data, out, _write_config(cfg, out), inputs)
     clear_error(out)
     try:
-        run_step_on_cluster(
+        cluster.run_step_on_cluster(
             step,
             argv,
             key=out.rstrip("/").rsplit("/", 1)[-1],
