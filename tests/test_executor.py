@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def test_a_step_that_asked_for_a_gpu_never_trains_on_the_cpu(
     demo_version: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    with pytest.raises(StepError, match="will not train on the CPU instead") as info:
+    with pytest.raises(StepError, match="will not run on the CPU instead") as info:
         execute(
             "train_gan", _gan_cfg(), data=demo_version, out=str(tmp_path), placement=Placement(1)
         )
@@ -130,3 +131,102 @@ def test_a_user_error_is_not_redone_by_a_retry_of_the_same_run(
     # A fault is retried for real, and a new pipeline run starts clean.
     assert attempt("run-2", RuntimeError("CUDA out of memory")) == 3
     assert attempt("run-2", None) == 0 and runs == ["run-1", "run-2", "run-2"]
+
+
+def test_a_retry_after_the_fix_runs_a_retry_with_the_same_inputs_does_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KFP's "Retry run" keeps the run id (common/util/workflow.go @2.17.0): the record
+    blocks only an attempt with the same inputs, files and credentials, and only while the
+    automatic retries can come."""
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"image": "missing.jpg"}\n')
+    runs: list[str] = []
+
+    def attempt(inputs: dict[str, Any], fail: bool, **kw: Any) -> int:
+        try:
+            with task_attempt(
+                "ingest", str(tmp_path / "s"), "run-1", inputs=inputs, stamped=[str(batch)], **kw
+            ):
+                runs.append("ran")
+                if fail:
+                    raise ValueError(f"{batch}: line 1: no such image. Fix: ...")
+        except SystemExit as stop:
+            return int(stop.code)
+        return 0
+
+    params = {"batch_uri": str(batch), "preset": "tiny"}
+    assert attempt(params, fail=True) == 2 and len(runs) == 1
+    assert attempt(params, fail=True) == 2 and len(runs) == 1  # Argo's retry: blocked
+    assert "not retried" in capsys.readouterr().err
+    # The operator fixes the batch file (same path, new content), then presses Retry.
+    batch.write_text('{"image": "present.jpg", "category": "Dress"}\n')
+    assert attempt(params, fail=False) == 0 and len(runs) == 2
+    # A new credential in the secret also counts as a fix.
+    assert attempt(params, fail=True) == 2 and len(runs) == 3
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated")
+    assert attempt(params, fail=False) == 0 and len(runs) == 4
+    # An unfixable-looking failure is retried once the automatic retries are long past.
+    assert attempt(params, fail=True) == 2 and len(runs) == 5
+    assert attempt(params, fail=True, block_s=0) == 2 and len(runs) == 6
+
+
+def test_sigterm_unwinds_the_task_and_ends_it_as_stopped(tmp_path: Path) -> None:
+    """A cancelled run or a pod deadline sends SIGTERM: what the task holds is released."""
+    import os
+    import signal
+
+    released = []
+    with pytest.raises(SystemExit) as stop, task_attempt("gan-training", str(tmp_path), "run-1"):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            released.append(True)
+    assert stop.value.code == 130 and released == [True]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
+        signal.getsignal(signal.SIGTERM)
+    )
+
+
+def test_two_runs_on_the_same_inputs_never_share_a_writable_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manual submit while the nightly run trains the same inputs: the second waits on the
+    folder's lease and reuses the first's result; the step runs once."""
+    import threading
+
+    from fashion_attr.steps import train_gan
+
+    calls: list[str] = []
+
+    def slow_run(cfg: Any, data: str, out: str, **_: Any) -> TrainGanResult:
+        calls.append(out)
+        time.sleep(1.0)
+        result = TrainGanResult(generator=f"{out}/generator.pt", steps=7)
+        result.write(out)
+        return result
+
+    monkeypatch.setattr(train_gan, "run", slow_run)
+    out = str(tmp_path / "runs" / "train_gan" / "k")
+    results: dict[str, TrainGanResult] = {}
+
+    def submit(run_id: str) -> None:
+        results[run_id] = execute(  # type: ignore[assignment]
+            "train_gan", _gan_cfg(), data="d", out=out, owner=run_id
+        )
+
+    threads = [threading.Thread(target=submit, args=(r,)) for r in ("nightly", "manual")]
+    for th in threads:
+        th.start()
+        time.sleep(0.2)
+    for th in threads:
+        th.join(timeout=30)
+    assert calls == [out]  # trained once
+    assert results["nightly"] == results["manual"]
+    # Identical inputs later: the finished result, no training and no lease taken.
+    assert execute("train_gan", _gan_cfg(), data="d", out=out, owner="next").steps == 7
+    assert calls == [out]
+    # --no-resume trains afresh.
+    execute("train_gan", _gan_cfg(), data="d", out=out, owner="next", resume=False)
+    assert len(calls) == 2

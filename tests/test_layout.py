@@ -6,7 +6,8 @@ A module imports only from its own floor or below, never back up a floor:
 floor   packages and modules of ``fashion_attr``
 ======  ==============================================================================
 1       ``losses``, ``hardness``, ``storage``, ``runtime``, ``progress``,
-        ``credentials``, ``cluster`` (Kubernetes calls only), ``config``, ``results``
+        ``credentials``, ``cluster`` (Kubernetes calls only), ``config``, ``results``,
+        ``resources``, ``version``
 2       ``data``, ``checkpoint``, ``tracking``, ``demo``
 3       ``evaluation``, ``training``, ``gan``, ``classifier``
 4       ``registry``
@@ -43,6 +44,8 @@ FLOORS: dict[str, int] = {
             "cluster",
             "config",
             "results",
+            "resources",
+            "version",
         ],
         1,
     ),

@@ -15,10 +15,12 @@ import torch.distributed as dist
 __all__ = [
     "DistContext",
     "FiniteGuard",
+    "GpuUnavailableError",
     "NonFiniteLossError",
     "autocast",
     "init_distributed",
     "iter_keeping_rng",
+    "require_gpus",
     "resolve_device",
     "use_bf16",
 ]
@@ -40,6 +42,41 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             "gpu node pool) or set device=auto/cpu"
         )
     return torch.device("cuda", local_rank)
+
+
+class GpuUnavailableError(RuntimeError):
+    """GPUs were asked for and CUDA cannot use them (a fault of the node: exit 3)."""
+
+
+def require_gpus(what: str, wanted: int) -> None:
+    """Fail loudly when ``wanted`` GPUs were requested but CUDA cannot use them.
+
+    Every GPU task calls it before any work (training in a pod or a cluster job's pods,
+    evaluation, registration): nothing trains or scores silently on the CPU instead.
+
+    Args:
+        what: the step or task, for the message.
+        wanted: GPUs the task asked for (0: nothing to check).
+
+    Raises:
+        GpuUnavailableError: naming the task, what CUDA sees and the likely cause.
+    """
+    if wanted < 1:
+        return
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available >= wanted:
+        return
+    why = ""
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # the driver's own words: too old, no device, ...
+        why = f" CUDA says: {str(exc).splitlines()[0]}."
+    raise GpuUnavailableError(
+        f"{what} asked for {wanted} GPU(s) but CUDA can use {available}.{why} It will not "
+        f"run on the CPU instead. Fix: run on a GPU node whose NVIDIA driver supports "
+        f"CUDA {torch.version.cuda or '?'} (torch {torch.__version__}), or compile the "
+        "pipeline with 0 GPUs per step for a CPU run"
+    )
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

@@ -20,6 +20,7 @@ with the URI and the fix, without retrying.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_local_write",
     "check_access",
     "copy",
+    "create_exclusive",
     "delete",
     "download_file",
     "exists",
@@ -44,7 +46,9 @@ __all__ = [
     "open_binary",
     "open_text",
     "read_bytes",
+    "read_tagged",
     "read_text",
+    "replace_if_tagged",
     "reraise",
     "s3_client",
     "split_s3",
@@ -525,3 +529,94 @@ class _ReadableAdapter(io.RawIOBase):
         n = len(data)
         b[:n] = data
         return n
+
+
+# --------------------------------------------------------------------------- conditional writes
+#
+# A lease (fashion_attr.orchestration.lease) needs "create if absent" and "replace only if
+# unchanged since I read it". S3 has both as conditional PutObject (If-None-Match: *,
+# If-Match: <ETag>; AWS S3 and MinIO honour them); a local folder gets them from O_EXCL and
+# an flock held around read-compare-replace.
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error.get("Code") in {"PreconditionFailed", "ConditionalRequestConflict"} or status in {
+        409,
+        412,
+    }
+
+
+def create_exclusive(uri: str | os.PathLike[str], data: bytes) -> bool:
+    """Write ``data`` only if nothing exists at ``uri``; True if this call created it."""
+    uri = str(uri)
+    if not is_s3(uri):
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _file_mode())
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return True
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except Exception as exc:
+        if _precondition_failed(exc):
+            return False
+        reraise(uri, exc)
+        raise
+
+
+def read_tagged(uri: str | os.PathLike[str]) -> tuple[bytes, str] | None:
+    """``(content, tag)`` of a file or object (the tag changes with every write), or None."""
+    uri = str(uri)
+    if not is_s3(uri):
+        try:
+            with open(uri, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                return fh.read(), f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+        except FileNotFoundError:
+            return None
+    bucket, key = split_s3(uri)
+    try:
+        obj = s3_client().get_object(Bucket=bucket, Key=key)
+        return obj["Body"].read(), str(obj["ETag"])
+    except Exception as exc:
+        try:
+            reraise(uri, exc)
+        except FileNotFoundError:
+            return None
+        raise
+
+
+def replace_if_tagged(uri: str | os.PathLike[str], data: bytes, tag: str) -> bool:
+    """Replace ``uri`` with ``data`` only if it still has ``tag``; True if it was replaced."""
+    uri = str(uri)
+    if not is_s3(uri):
+        lock = Path(f"{uri}.lock")
+        with open(lock, "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            current = read_tagged(uri)
+            if current is None or current[1] != tag:
+                return False
+            with atomic_local_write(uri) as fh:
+                fh.write(data)
+            return True
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=tag)
+        return True
+    except Exception as exc:
+        if _precondition_failed(exc):
+            return False
+        reraise(uri, exc)
+        raise

@@ -64,6 +64,7 @@ from fashion_attr.data.shards import (
     load_manifest,
     sha256_file,
 )
+from fashion_attr.resources import cap_workers
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -612,6 +613,9 @@ def make_loader(
         gpu_decode=gpu_decode,
     )
     drop = train if drop_last is None else drop_last
+    # Workers beyond the container's CPU limit only get throttled (the order of the samples
+    # does not depend on the worker count).
+    num_workers = cap_workers(num_workers, "loader workers")
     everything = rank_indices(
         len(dataset),
         shuffle=train,

@@ -26,10 +26,12 @@ import contextlib
 import hashlib
 import json
 import logging
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -38,9 +40,12 @@ from pydantic import BaseModel
 
 from fashion_attr import cluster, storage
 from fashion_attr.config import config_to_dict
+from fashion_attr.orchestration.identity import Placement, attempt_fingerprint
+from fashion_attr.orchestration.lease import OutputLease
 from fashion_attr.steps import train_classifier, train_gan
 from fashion_attr.steps.contract import (
     EXIT_FAULT,
+    EXIT_INTERRUPTED,
     EXIT_USER,
     StepError,
     StepResult,
@@ -50,7 +55,7 @@ from fashion_attr.steps.contract import (
     skip_final_collections,
 )
 
-__all__ = ["STEPS", "Placement", "check_gpus", "execute", "task_attempt"]
+__all__ = ["STEPS", "Placement", "Terminated", "check_gpus", "execute", "task_attempt"]
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +67,6 @@ STEPS: dict[str, tuple[ModuleType, type[StepResult]]] = {
 CONFIG_NAME = "step_config.yaml"
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where a training step runs.
-
-    Attributes:
-        gpus: GPUs per node; 0 runs on what the config's ``device`` says (the CPU on a
-            machine without CUDA); 1 needs CUDA; more run ``torchrun`` over them.
-        nodes: GPU nodes; more than 1 submits a cluster training job.
-        job_kind: ``trainjob`` (Kubeflow Trainer) or ``pytorchjob`` (Training Operator).
-        image: the project image the job's pods run (needed with ``nodes > 1``).
-    """
-
-    gpus: int = 0
-    nodes: int = 1
-    job_kind: str = "trainjob"
-    image: str | None = None
-
-
 def check_gpus(step: str, wanted: int) -> None:
     """Fail loudly when ``wanted`` GPUs were requested but CUDA cannot use them.
 
@@ -88,23 +75,13 @@ def check_gpus(step: str, wanted: int) -> None:
     """
     if wanted < 1:
         return
-    import torch
+    # torch loads only when a GPU is asked for: the CPU tasks start in a fraction of a second.
+    from fashion_attr.runtime import GpuUnavailableError, require_gpus
 
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available >= wanted:
-        return
-    why = ""
     try:
-        torch.cuda.init()
-    except Exception as exc:  # the driver's own words: too old, no device, ...
-        why = f" CUDA says: {str(exc).splitlines()[0]}."
-    raise StepError(
-        f"{step} asked for {wanted} GPU(s) but CUDA can use {available}.{why} It will not "
-        f"train on the CPU instead. Fix: run on a GPU node whose NVIDIA driver supports "
-        f"CUDA {torch.version.cuda or '?'} (torch {torch.__version__}), or set the pipeline's "
-        "GPU count to 0 for a CPU run",
-        EXIT_FAULT,
-    )
+        require_gpus(step, wanted)
+    except GpuUnavailableError as exc:
+        raise StepError(str(exc), EXIT_FAULT) from None
 
 
 def _argv(data: str, out: str, config_uri: str, inputs: Mapping[str, Any]) -> list[str]:
@@ -124,7 +101,8 @@ def execute(
     *,
     data: str,
     out: str,
-    placement: Placement = Placement(),
+    placement: Placement | None = None,
+    owner: str | None = None,
     **inputs: Any,
 ) -> StepResult:
     """Run training step ``step`` with ``cfg`` on ``data`` into ``out``, placed as asked.
@@ -135,8 +113,15 @@ def execute(
         data: the dataset version URI.
         out: the output URI (``s3://`` when ``placement.nodes > 1``).
         placement: GPUs, nodes, job kind and image.
+        owner: the pipeline run this attempt belongs to (see
+            :class:`~fashion_attr.orchestration.lease.OutputLease`).
         **inputs: the step's other inputs, as its ``run`` takes them (``generator``,
             ``cache_dir``, ``resume``, ``reuse_generator``).
+
+    ``out`` is named by the inputs (:func:`~fashion_attr.orchestration.identity.output_key`):
+    a finished result there is returned without training, and a run that is training the
+    same inputs is waited for (:class:`~fashion_attr.orchestration.lease.OutputLease`), so
+    two runs never write into one folder at once.
 
     Returns:
         The step's result.
@@ -148,15 +133,45 @@ def execute(
     """
     if step not in STEPS:
         raise ValueError(f"unknown training step {step!r}. Fix: use one of {sorted(STEPS)}")
-    module, result_type = STEPS[step]
+    placement = placement or Placement()
     if placement.nodes > 1:
-        _on_cluster(step, cfg, data, out, placement, inputs)
+        _check_cluster_placement(out, placement)
+    module, result_type = STEPS[step]
+    reuse = inputs.get("resume", True)  # --no-resume trains afresh, whatever is there
+    finished = _finished(result_type, out) if reuse else None
+    if finished is not None:
+        log.info("%s: %s holds the finished result of these inputs; reusing it", step, out)
+        return finished
+    lease = OutputLease(out, owner or "local", on_wait=lambda held: _waiting(step, out, held))
+    with lease:
+        finished = _finished(result_type, out) if reuse and lease.waited else None
+        if finished is not None:  # the run we waited for trained the same thing
+            return finished
+        if placement.nodes > 1:
+            _on_cluster(step, cfg, data, out, placement, inputs)
+            return result_type.read(out)
+        check_gpus(step, placement.gpus)
+        if placement.gpus <= 1:
+            return module.run(cfg, data, out, **inputs)
+        _under_torchrun(step, module.__name__, cfg, data, out, placement.gpus, inputs)
         return result_type.read(out)
-    check_gpus(step, placement.gpus)
-    if placement.gpus <= 1:
-        return module.run(cfg, data, out, **inputs)
-    _under_torchrun(step, module.__name__, cfg, data, out, placement.gpus, inputs)
-    return result_type.read(out)
+
+
+def _finished(result_type: type[StepResult], out: str) -> StepResult | None:
+    """The result a finished run left in ``out``, or None (missing or not a result)."""
+    try:
+        return result_type.read(out)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _waiting(step: str, out: str, held: Mapping[str, Any]) -> None:
+    print(
+        f"{step}: run {held.get('owner')} ({held.get('holder')}) is training the same inputs "
+        f"into {out}; waiting to reuse its result",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _write_config(cfg: BaseModel, out: str) -> str:
@@ -199,6 +214,23 @@ def _under_torchrun(
         raise _failure(step, out, f"torchrun exited with code {code} (see the log above)")
 
 
+def _check_cluster_placement(out: str, placement: Placement) -> None:
+    if not storage.is_s3(out):
+        raise ValueError(
+            f"multi-node training writes to {out!r}, which the other nodes cannot see. "
+            "Fix: use an s3:// storage_uri with train_nodes > 1"
+        )
+    if not placement.image:
+        raise ValueError(
+            "multi-node training needs the project image. Fix: compile the pipeline with "
+            "--image (FA_IMAGE)"
+        )
+    if placement.gpus < 1:
+        raise ValueError(
+            "multi-node training runs on GPU nodes. Fix: set the GPUs per step to 1 or more"
+        )
+
+
 def _on_cluster(
     step: str,
     cfg: BaseModel,
@@ -207,17 +239,6 @@ def _on_cluster(
     placement: Placement,
     inputs: Mapping[str, Any],
 ) -> None:
-    if not storage.is_s3(out):
-        raise ValueError(
-            f"multi-node training writes to {out!r}, which the other nodes cannot see. "
-            "Fix: use an s3:// storage_uri with train_nodes > 1"
-        )
-    if not placement.image:
-        raise ValueError("multi-node training needs the project image. Fix: set FA_IMAGE")
-    if placement.gpus < 1:
-        raise ValueError(
-            "multi-node training runs on GPU nodes. Fix: set the GPUs per step to 1 or more"
-        )
     argv = _argv(data, out, _write_config(cfg, out), inputs)
     clear_error(out)
     try:
@@ -244,41 +265,89 @@ class _RepeatedUserError(StepError):
         super().__init__(message, EXIT_USER)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the pod is being stopped (a cancelled run, a deadline, a drained node)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"stopped by signal {signum}")
+
+
+#: Seconds an exit-2 record blocks a retry with the same inputs (Argo's automatic retries
+#: of a task come within minutes; a person's "Retry" after a fix usually later).
+RETRY_BLOCK_S = 30 * 60
+
+
 @contextlib.contextmanager
-def task_attempt(task: str, storage_uri: str, scope: str) -> Iterator[None]:
+def task_attempt(
+    task: str,
+    storage_uri: str,
+    scope: str,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    stamped: Sequence[str] = (),
+    block_s: float = RETRY_BLOCK_S,
+) -> Iterator[None]:
     """Run one pipeline task's body: a clean message and the right exit code on failure.
 
     On failure the message is printed as the step's CLI prints it (``<task>: error: ...``)
-    and the process ends with exit code 2 (user error) or 3 (fault). Argo retries every
-    failed attempt of a task, whatever its exit code; so a user error is also recorded
-    under ``<storage_uri>/runs/attempts/``, keyed by ``scope``, and a retry with the same
-    scope fails at once with the same message instead of redoing the work. The scope is
-    what stays the same across the retries of one task in one pipeline run and differs
-    otherwise: the pipeline run id, or, for cached tasks (whose inputs must not hold the
-    run id), the URI KFP gave the task's output artifact.
+    and the process ends with exit code 2 (user error), 3 (fault) or 130 (stopped). SIGTERM
+    (a cancelled run, a pod deadline) unwinds the body like Ctrl-C, so what it holds (a
+    lease, a cluster job, an MLflow run) is released.
+
+    Argo retries every failed attempt of a task, whatever its exit code; so a user error is
+    recorded under ``<storage_uri>/runs/attempts/<scope hash>/<task>.json`` with a
+    fingerprint of the attempt's inputs (:func:`~.identity.attempt_fingerprint`: the
+    parameters, a hash of the credentials, the stamps of ``stamped`` files), and a retry
+    fails at once with the same message only while it has the same fingerprint and the
+    record is younger than ``block_s``. A KFP "Retry" after the cause was fixed (a new
+    secret, a corrected batch file) runs; so does one after ``block_s``.
 
     Args:
         task: the task's name, for messages and the record.
         storage_uri: the pipeline's storage root.
-        scope: see above; empty turns the record off.
+        scope: the pipeline run id (kept by retries), or, for cached tasks, the URI KFP
+            gave the task's output artifact; empty turns the record off.
+        inputs: the task's parameters (for the fingerprint).
+        stamped: files or prefixes whose content the task reads (for the fingerprint).
+        block_s: see above.
 
     Raises:
         SystemExit: with the exit code, after any failure.
     """
     key = hashlib.sha256(scope.encode()).hexdigest()[:16]
     record = storage.join(storage_uri, "runs", "attempts", key, f"{task}.json")
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    fingerprint = ""
     try:
+        fingerprint = attempt_fingerprint(inputs or {}, stamped) if scope else ""
         if scope and storage.exists(record):
-            earlier = json.loads(storage.read_text(record))["message"]
-            raise _RepeatedUserError(
-                f"{earlier} (not retried: an earlier attempt hit this user error)"
-            )
+            earlier = json.loads(storage.read_text(record))
+            same = earlier.get("fingerprint") == fingerprint
+            recent = time.time() - float(earlier.get("time", 0)) < block_s
+            if same and recent:
+                raise _RepeatedUserError(
+                    f"{earlier['message']} (not retried: an earlier attempt of this run hit "
+                    "this user error with the same inputs; fix the cause and retry: a changed "
+                    "parameter, file or credential reruns the task, or submit a new run)"
+                )
+            storage.delete(record)  # the inputs changed, or the block has lapsed: run again
         yield
         skip_final_collections()
     except BaseException as exc:
         code = exit_code_for(exc)
-        print(f"{task}: {'error' if code == EXIT_USER else 'failed'}: {exc}", file=sys.stderr)
+        print(f"{task}: {_kind(code)}: {exc}", file=sys.stderr)
         if code == EXIT_USER and scope and not isinstance(exc, _RepeatedUserError):
+            entry = {"message": str(exc), "fingerprint": fingerprint, "time": time.time()}
             with contextlib.suppress(Exception):  # recording must never hide the error
-                storage.write_text(record, json.dumps({"message": str(exc)}))
+                storage.write_text(record, json.dumps(entry))
         raise SystemExit(code) from exc
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _kind(code: int) -> str:
+    return {EXIT_USER: "error", EXIT_INTERRUPTED: "stopped"}.get(code, "failed")

@@ -353,6 +353,7 @@ def register_and_gate(
     code_version: str | None = None,
     reports: Sequence[str] = (),
     score_champion: Callable[[str], Mapping[str, float | None]] | None = None,
+    lineage_tags: Mapping[str, str] | None = None,
 ) -> Registration:
     """Register ``model.pt`` as a new version (once per pipeline run) and gate its promotion.
 
@@ -373,6 +374,8 @@ def register_and_gate(
         code_version: tag value; default: the ``fashion_attr`` package version.
         reports: files (local or ``s3://``) attached to the run under ``reports/``.
         score_champion: scores a champion ``model.pt`` on the challenger's test split.
+        lineage_tags: more version tags, e.g. the run's training key
+            (:mod:`fashion_attr.registry.lineage`).
 
     Returns:
         :class:`Registration`.
@@ -414,6 +417,7 @@ def register_and_gate(
             SHA_TAG: _sha256(model_path),
             DATASET_TAG: dataset_version,
             CODE_TAG: code_version,
+            **dict(lineage_tags or {}),
             # The gated metrics only (every metric is logged to the version's run).
             **{
                 METRIC_TAG_PREFIX + metric_key(k): repr(float(metrics[k])) for k in cfg.gate_metrics

@@ -172,6 +172,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="on failure write <out>/error.json (the executor reads it under torchrun/a job)",
     )
+    parser.add_argument(
+        "--require-gpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fail (exit 3) unless CUDA can use N GPUs here (a cluster job's pods pass it)",
+    )
     add_config_args(parser)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fashion_attr import storage
 from fashion_attr.config import EvaluateConfig, config_to_dict, load_config
+from fashion_attr.resources import apply_cpu_budget
 from fashion_attr.results import EvaluateResult
 from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
 
@@ -56,6 +57,8 @@ def run(
         ValueError: the model was trained on another label layout, the split is empty,
             or a file is not what it should be (names it and the fix).
     """
+    # Threads and workers sized to the container's CPU limit, not the node's cores.
+    apply_cpu_budget()
     from fashion_attr.classifier.scoring import score_model
     from fashion_attr.evaluation.report import read_metrics_json, write_report
     from fashion_attr.steps.contract import scrub_tracking_uri

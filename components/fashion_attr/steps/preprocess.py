@@ -52,6 +52,7 @@ from fashion_attr.data.ingest import (
 )
 from fashion_attr.data.shards import load_manifest
 from fashion_attr.demo.sources import resolve_source
+from fashion_attr.resources import cap_workers
 from fashion_attr.results import PreprocessResult
 from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
 
@@ -68,7 +69,8 @@ def _settings(cfg: PreprocessConfig, *, incremental: bool) -> dict[str, Any]:
         ),
         "shard_max_samples": cfg.shard_max_samples,
         "shard_max_bytes": cfg.shard_max_bytes,
-        "workers": cfg.workers,
+        # Decode/encode processes beyond the container's CPU limit only get throttled.
+        "workers": cap_workers(cfg.workers, "ingest workers", keep_one=False),
         "seed": cfg.seed,
     }
 

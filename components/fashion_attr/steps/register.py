@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fashion_attr.config import EvaluateConfig, RegisterConfig, load_config
+from fashion_attr.resources import apply_cpu_budget
 from fashion_attr.results import RegisterResult
 from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
 
@@ -55,6 +56,7 @@ def run(
     code_version: str | None = None,
     reports: Sequence[str] = (),
     out: str | None = None,
+    lineage_tags: Mapping[str, str] | None = None,
 ) -> RegisterResult:
     """Register ``model`` under ``cfg.model_name`` and apply the promotion gate.
 
@@ -71,6 +73,7 @@ def run(
         code_version: tag value; default the package version.
         reports: files logged to the run under ``reports/``.
         out: where to write ``result.json`` (optional).
+        lineage_tags: more version tags (the pipeline's training key).
 
     Returns:
         The :class:`RegisterResult`.
@@ -78,6 +81,8 @@ def run(
     Raises:
         ValueError: no tracking URI, or bad input (nothing is written to MLflow).
     """
+    # Threads and workers sized to the container's CPU limit, not the node's cores.
+    apply_cpu_budget()
     from fashion_attr.registry.mlflow_registry import register_and_gate
 
     score_champion = None
@@ -108,6 +113,7 @@ def run(
         code_version=code_version,
         reports=reports,
         score_champion=score_champion,
+        lineage_tags=lineage_tags,
     )
     result = RegisterResult(
         name=done.name,

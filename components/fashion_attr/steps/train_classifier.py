@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fashion_attr.config import ClassifierConfig, load_config
+from fashion_attr.resources import apply_cpu_budget
 from fashion_attr.results import TrainClassifierResult
 from fashion_attr.steps.contract import (
     add_training_args,
@@ -55,6 +56,8 @@ def run(
         ValueError: Deact without a generator, or one for another label layout.
         NonFiniteLossError: a loss became NaN/Inf (names the step and the terms).
     """
+    # Threads and workers sized to the container's CPU limit, not the node's cores.
+    apply_cpu_budget()
     from fashion_attr.classifier.trainer import train
 
     result = train(cfg, data, out, generator=generator or None, cache_dir=cache_dir, resume=resume)
@@ -74,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(
             ClassifierConfig, preset=args.preset, config_file=args.config, overrides=args.overrides
         )
+        if args.require_gpus:
+            from fashion_attr.runtime import require_gpus
+
+            require_gpus("train_classifier", args.require_gpus)
         return run(
             cfg,
             args.data,

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fashion_attr.config import GanConfig, load_config
+from fashion_attr.resources import apply_cpu_budget
 from fashion_attr.results import TrainGanResult
 from fashion_attr.steps.contract import (
     add_training_args,
@@ -58,6 +59,8 @@ def run(
         ValueError: a reused file that is not a generator export.
         NonFiniteLossError: a loss became NaN/Inf (names the step and the terms).
     """
+    # Threads and workers sized to the container's CPU limit, not the node's cores.
+    apply_cpu_budget()
     if reuse_generator:
         from fashion_attr.gan.export import load_generator
 
@@ -99,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(
             GanConfig, preset=args.preset, config_file=args.config, overrides=args.overrides
         )
+        if args.require_gpus:
+            from fashion_attr.runtime import require_gpus
+
+            require_gpus("train_gan", args.require_gpus)
         return run(
             cfg,
             args.data,
