@@ -1,29 +1,26 @@
 """The thin KFP components of the retraining pipeline.
 
-Each is a lightweight ``@dsl.component`` on the project image whose body is one
-import and one call into :mod:`fashion_attr.orchestration.kfp_adapter`: lightweight (not
-container) components are what ``kfp.local.SubprocessRunner`` runs, so the very
-same DAG runs on a laptop and on the cluster. The image already holds kfp and
-the package, so nothing is pip-installed at run time.
+Each is a lightweight component on the project image whose body is one import and one
+call into :mod:`fashion_attr.orchestration.kfp_adapter`: lightweight (not container)
+components are what ``kfp.local.SubprocessRunner`` runs, so the very same DAG runs on a
+laptop and on the cluster. The image already holds kfp and the package, so nothing is
+pip-installed at run time.
 
-Steps pass their typed results along as artifacts (the result JSON is the
-artifact's file): the dataset, the generator and the model. Training and
-evaluation inputs include the dataset artifact, whose content names the
-dataset version, so KFP's cache never serves a stale step for new data.
-Component names are nouns (``classifier_training``), so that the only thing
-called ``train_classifier`` is the step module.
+The functions below are plain; :func:`make_components` turns them into components for
+one image (a compile-time setting, :class:`pipelines.settings.CompileSettings`), so
+nothing is read from the environment when this module is imported. Steps pass their
+typed results along as artifacts (the result JSON is the artifact's file): the dataset,
+the generator and the model. Component names are nouns (``classifier_training``), so
+that the only thing called ``train_classifier`` is the step module.
 """
 
-import os
+from types import SimpleNamespace
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-#: The project image (docker/Dockerfile). Override at compile time with FA_IMAGE.
-BASE_IMAGE = os.environ.get("FA_IMAGE", "fashion-attr:0.1.0")
 
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def validation(
     source_uri: str,
     storage_uri: str,
@@ -61,7 +58,6 @@ def validation(
     )
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def ingest_part(
     source_uri: str,
     storage_uri: str,
@@ -89,7 +85,6 @@ def ingest_part(
     )
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def ingest(
     source_uri: str,
     storage_uri: str,
@@ -117,10 +112,57 @@ def ingest(
     )
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def plan(
+    dataset: Input[Dataset],
+    storage_uri: str,
+    pipeline_run: str,
+    preset: str,
+    gan_overrides: str,
+    classifier_overrides: str,
+    reuse_generator: str,
+    model_name: str,
+    gpus: int,
+    nodes: int,
+    job_kind: str,
+    image: str,
+    report: Output[Markdown],
+) -> NamedTuple("PlanOutputs", [("decision", str), ("training_key", str)]):
+    """Decide on the CPU, before any GPU task, whether there is anything new to train."""
+    from fashion_attr.orchestration import kfp_adapter
+
+    decision, key = kfp_adapter.plan(
+        dataset=dataset,
+        storage_uri=storage_uri,
+        pipeline_run=pipeline_run,
+        preset=preset,
+        gan_overrides=gan_overrides,
+        classifier_overrides=classifier_overrides,
+        reuse_generator=reuse_generator,
+        model_name=model_name,
+        gpus=gpus,
+        nodes=nodes,
+        job_kind=job_kind,
+        image=image,
+        report=report,
+    )
+    from collections import namedtuple
+
+    return namedtuple("PlanOutputs", ["decision", "training_key"])(decision, key)
+
+
+def unchanged(plan_decision: str, training_key: str, model_name: str) -> str:
+    """Nothing new to train: say so, register nothing (the run's output)."""
+    from fashion_attr.orchestration import kfp_adapter
+
+    return kfp_adapter.unchanged(
+        plan_decision=plan_decision, training_key=training_key, model_name=model_name
+    )
+
+
 def gan_training(
     dataset: Input[Dataset],
     storage_uri: str,
+    pipeline_run: str,
     preset: str,
     overrides: str,
     reuse_generator: str,
@@ -136,6 +178,7 @@ def gan_training(
     return kfp_adapter.gan_training(
         dataset=dataset,
         storage_uri=storage_uri,
+        pipeline_run=pipeline_run,
         preset=preset,
         overrides=overrides,
         reuse_generator=reuse_generator,
@@ -147,11 +190,11 @@ def gan_training(
     )
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def classifier_training(
     dataset: Input[Dataset],
     generator: Input[Model],
     storage_uri: str,
+    pipeline_run: str,
     preset: str,
     overrides: str,
     gpus: int,
@@ -167,6 +210,7 @@ def classifier_training(
         dataset=dataset,
         generator=generator,
         storage_uri=storage_uri,
+        pipeline_run=pipeline_run,
         preset=preset,
         overrides=overrides,
         gpus=gpus,
@@ -177,12 +221,13 @@ def classifier_training(
     )
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluation(
     dataset: Input[Dataset],
     model: Input[Model],
     storage_uri: str,
+    pipeline_run: str,
     preset: str,
+    gpus: int,
     metrics: Output[Metrics],
     report: Output[Markdown],
     plots: Output[HTML],
@@ -195,7 +240,9 @@ def evaluation(
         dataset=dataset,
         model=model,
         storage_uri=storage_uri,
+        pipeline_run=pipeline_run,
         preset=preset,
+        gpus=gpus,
         metrics=metrics,
         report=report,
         plots=plots,
@@ -203,7 +250,6 @@ def evaluation(
     )
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def registration(
     dataset: Input[Dataset],
     model: Input[Model],
@@ -214,6 +260,8 @@ def registration(
     model_name: str,
     gate_metrics: str,
     gate_tolerance: float,
+    training_key: str,
+    gpus: int,
     result: Output[Artifact],
 ) -> str:
     """Register in MLflow and apply the like-for-like promotion gate (component 4b)."""
@@ -229,5 +277,31 @@ def registration(
         model_name=model_name,
         gate_metrics=gate_metrics,
         gate_tolerance=gate_tolerance,
+        training_key=training_key,
+        gpus=gpus,
         result=result,
+    )
+
+
+#: Every component function, in DAG order.
+FUNCTIONS = (
+    validation,
+    ingest_part,
+    ingest,
+    plan,
+    unchanged,
+    gan_training,
+    classifier_training,
+    evaluation,
+    registration,
+)
+
+
+def make_components(image: str) -> SimpleNamespace:
+    """The components above as lightweight KFP components on ``image``, by name."""
+    return SimpleNamespace(
+        **{
+            fn.__name__: dsl.component(base_image=image, install_kfp_package=False)(fn)
+            for fn in FUNCTIONS
+        }
     )

@@ -2,336 +2,452 @@
 
 ::
 
-    validation -> ingest_part x N (ParallelFor) -> ingest -> gan_training (GPU)
-        -> classifier_training (GPU, frozen generator) -> evaluation (GPU) -> registration (CPU)
+    validation -> ingest_part x N (ParallelFor) -> ingest -> plan (CPU)
+        plan = "train":     gan_training (GPU) -> classifier_training (GPU, frozen generator)
+                            -> evaluation (GPU) -> registration (GPU: scores the champion too)
+        plan = "unchanged": unchanged (nothing new: no GPU task, no new model version)
 
 ``validation`` checks every parameter, override, URI and credential in seconds
-(:mod:`fashion_attr.orchestration.preflight`) and plans the ingest fan-out: the loop iterates
-over its typed ``list[int]`` output, and the loop body receives the part count as a
-plain integer (the KFP driver removes the iterated list from the loop body's
-inputs, and types untyped list items as strings).
+(:mod:`fashion_attr.orchestration.preflight`) and plans the ingest fan-out: the loop
+iterates over its typed ``list[int]`` output, and the loop body receives the part count
+as a plain integer (the KFP driver removes the iterated list from the loop body's inputs,
+and types untyped list items as strings). ``plan`` compares the run's training key
+(dataset version, code version, resolved configs, placement) with the registered model
+versions and the DAG skips the GPU tasks when one has it (``dsl.If``/``dsl.Else``; the
+run's output is a parameter ``dsl.OneOf`` of the two branches, which backends 2.4 and
+later resolve: kubeflow/pipelines backend/src/v2/driver/resolve.go ``ValueFromOneof``).
 
-Placement (kfp-kubernetes) is declared here beside each task and nowhere else,
-from compile-time settings: the KFP backend cannot read an accelerator count
-that is a pipeline parameter (it resolves it to "" and sets no GPU limit), so
-``FA_GPUS_PER_STEP`` and ``FA_TRAIN_NODES`` are fixed when the pipeline is
-compiled, like the image. GPU steps request ``nvidia.com/gpu``, select the GPU
-node pool, tolerate the ``nvidia.com/gpu`` NoSchedule taint, mount a
-memory-backed ``/dev/shm`` and retry within a window longer than the longest
-training step. With ``FA_TRAIN_NODES`` > 1 the training tasks only launch and
-watch a cluster training job, so they request no GPU themselves (a launcher
-holding a GPU could starve its own job on a small pool). S3 and MLflow
-credentials come from Kubernetes secrets as environment variables, never from
-parameters. Caching is on for training and evaluation, whose inputs include the
-dataset artifact (which names the dataset version); validation, ingest and
-registration always run.
+Placement (kfp-kubernetes) is declared here beside each task and nowhere else, from a
+:class:`~pipelines.settings.CompileSettings` passed explicitly to :func:`build_pipeline`:
+the KFP backend cannot read an accelerator count that is a pipeline parameter (it resolves
+it to "" and sets no GPU limit). GPU steps request ``nvidia.com/gpu``, select the GPU node
+pool, tolerate the ``nvidia.com/gpu`` NoSchedule taint, mount a memory-backed ``/dev/shm``
+and retry within a window longer than the longest training step. Every task has a
+deadline (pod ``activeDeadlineSeconds``, kfp-kubernetes ``set_timeout``: applied by the
+driver of backends 2.15-2.17, backend/src/v2/driver/k8s.go), so one stuck night cannot
+block the schedule (max concurrency 1). With more than one training node the training
+tasks only launch and watch a cluster job, so they request no GPU themselves; they get
+their own pod's name and uid (downward API) to make the job theirs (ownerReferences),
+so Kubernetes deletes the job with the pod. S3 and MLflow credentials come from
+Kubernetes secrets as environment variables, never from parameters. KFP's cache is off
+for every task: its key holds the input artifacts' ids, new in every run
+(backend/src/v2/cacheutils/cache.go), so it would never hit; ``plan`` and the output
+folders named by their inputs do that job.
 
-Supported KFP backends: 2.15.0 to 2.17.x (kfp-kubernetes 2.17 writes the
-``optional`` field of secret and config-map environment variables, which
-backends before 2.15.0 reject or ignore). ``tests/test_kfp_backend_rules.py``
-checks the compiled YAML against the backend's run-time rules.
+Supported KFP backends: 2.15.0 to 2.17.x (kfp-kubernetes 2.17 writes the ``optional``
+field of secret and config-map environment variables, which backends before 2.15.0
+reject or ignore). No ``dsl.PipelineConfig`` run deadline: backends before 2.17 cannot
+parse it and would drop the whole Kubernetes platform spec (secrets, GPUs) without an
+error. ``tests/test_kfp_backend_rules.py`` checks the compiled YAML against the backend's
+run-time rules.
 
-Compile with ``make compile`` (writes ``build/fashion-attr-retraining.yaml``)
-or ``python -m pipelines.retraining --output PATH``.
+Compile with ``make compile`` (writes ``build/fashion-attr-retraining.yaml``) or
+``python -m pipelines.retraining --output PATH [--image ...] [--gpus-per-step N] ...``.
 """
 
 import argparse
-import os
+import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
-from pipelines import components as c
+from pipelines.components import make_components
+from pipelines.settings import (
+    DEFAULT_IMAGE,
+    ENV_NAMES,
+    SETTINGS_MARKER,
+    CompileSettings,
+    SettingsError,
+)
 
 PIPELINE_NAME = "fashion-attr-retraining"
-
-#: Compile-time placement (environment variables read when this module is imported).
-GPU_NODE_LABEL_KEY = os.environ.get("FA_GPU_NODE_LABEL_KEY", "node-pool")
-GPU_NODE_LABEL_VALUE = os.environ.get("FA_GPU_NODE_LABEL_VALUE", "gpu")
-#: GPUs per training pod (torchrun over all of them when > 1); 0 trains on the CPU.
-GPUS_PER_STEP = int(os.environ.get("FA_GPUS_PER_STEP", "1"))
-#: GPU nodes per training step; > 1 launches a TrainJob/PyTorchJob (needs s3:// storage).
-TRAIN_NODES = int(os.environ.get("FA_TRAIN_NODES", "1"))
-#: The job kind when TRAIN_NODES > 1: trainjob (Kubeflow Trainer) or pytorchjob.
-TRAIN_JOB_KIND = os.environ.get("FA_TRAIN_JOB_KIND", "trainjob")
-#: The Kubeflow Trainer release of the cluster (2.1, 2.2 or 2.3) for launchers that may not
-#: read its CRD (no cluster-scoped RBAC); empty: the launcher reads the CRD.
-TRAINER_RELEASE = os.environ.get("FA_TRAINER_RELEASE", "")
-SHM_SIZE = os.environ.get("FA_SHM_SIZE", "16Gi")
-OBJECT_STORE_SECRET = os.environ.get("FA_OBJECT_STORE_SECRET", "object-store-credentials")
-MLFLOW_SECRET = os.environ.get("FA_MLFLOW_SECRET", "mlflow-credentials")
-OBJECT_STORE_CONFIG = os.environ.get("FA_OBJECT_STORE_CONFIG", "object-store-config")
-PIPELINE_CONFIG = os.environ.get("FA_PIPELINE_CONFIG", "pipeline-config")
 
 #: Labels the NetworkPolicies in k8s/ use to let pipeline pods reach MLflow and the store.
 POD_LABELS = {"app.kubernetes.io/part-of": "fashion-attr-pipeline"}
 
-#: The longest a task may run, in seconds (paper-size steps on one GPU, with margin).
-#: Argo's retry window (backoff max duration) counts from the first attempt's start, and
-#: a retried pod is killed when it closes: it must outlast the step plus its waits.
+#: The longest a task may run, in seconds (paper-size steps on one GPU, with margin): each
+#: attempt's pod deadline. Argo's retry window (backoff max duration) counts from the
+#: first attempt's start, and a retried pod is killed when it closes: it must outlast the
+#: step plus its waits.
 LONGEST_TASK_S = {
+    "validation": 15 * 60,
     "ingest-part": 6 * 3600,
     "ingest": 6 * 3600,
+    "plan": 15 * 60,
+    "unchanged": 15 * 60,
     "gan-training": 24 * 3600,
     "classifier-training": 24 * 3600,
     "evaluation": 2 * 3600,
     "registration": 2 * 3600,
 }
 RETRY_WINDOW_S = 72 * 3600
-#: Retries at all (FA_RETRIES=0: none; ``pipelines.run_local`` compiles so: no preemption there).
-RETRIES = os.environ.get("FA_RETRIES", "1") != "0"
+#: The launcher pod's own identity, for the ownerReferences of the jobs it creates.
+POD_FIELD_ENV = {
+    "FA_POD_NAME": "metadata.name",
+    "FA_POD_UID": "metadata.uid",
+    "FA_POD_NAMESPACE": "metadata.namespace",
+}
 
 
-def _credentials(task: dsl.PipelineTask, mlflow: bool = False) -> None:
-    """Credentials from secrets and settings from config maps, as environment variables.
+def build_pipeline(settings: CompileSettings) -> Any:
+    """The retraining DAG for ``settings`` (a KFP pipeline function, ready to compile or run)."""
+    c = make_components(settings.image)
 
-    Names match ``k8s/base`` (secrets ``object-store-credentials`` and
-    ``mlflow-credentials``; config maps ``object-store-config`` and
-    ``pipeline-config``). The S3 endpoint is a setting, not a secret: only
-    S3-compatible stores (the MinIO overlay) set it.
-    """
-    kubernetes.use_secret_as_env(
-        task,
-        secret_name=OBJECT_STORE_SECRET,
-        secret_key_to_env={
-            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-        },
-    )
-    kubernetes.use_config_map_as_env(
-        task,
-        config_map_name=OBJECT_STORE_CONFIG,
-        config_map_key_to_env={
-            "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-            "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
-        },
-        optional=True,
-    )
-    if mlflow:
+    def credentials(task: dsl.PipelineTask, mlflow: bool = False) -> None:
+        """Credentials from secrets and settings from config maps, as environment variables.
+
+        Names match ``k8s/base`` (secrets ``object-store-credentials`` and
+        ``mlflow-credentials``; config maps ``object-store-config`` and ``pipeline-config``).
+        The S3 endpoint is a setting, not a secret: only S3-compatible stores (the MinIO
+        overlay) set it.
+        """
         kubernetes.use_secret_as_env(
             task,
-            secret_name=MLFLOW_SECRET,
+            secret_name=settings.object_store_secret,
             secret_key_to_env={
-                "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+                "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
             },
         )
         kubernetes.use_config_map_as_env(
             task,
-            config_map_name=PIPELINE_CONFIG,
+            config_map_name=settings.object_store_config,
             config_map_key_to_env={
-                "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
-                "MLFLOW_EXPERIMENT_NAME": "MLFLOW_EXPERIMENT_NAME",
+                "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+                "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
             },
+            optional=True,
         )
-    for key, value in POD_LABELS.items():
-        kubernetes.add_pod_label(task, key, value)
+        if mlflow:
+            kubernetes.use_secret_as_env(
+                task,
+                secret_name=settings.mlflow_secret,
+                secret_key_to_env={
+                    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+                },
+            )
+            kubernetes.use_config_map_as_env(
+                task,
+                config_map_name=settings.pipeline_config,
+                config_map_key_to_env={
+                    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+                    "MLFLOW_EXPERIMENT_NAME": "MLFLOW_EXPERIMENT_NAME",
+                },
+            )
+        for key, value in POD_LABELS.items():
+            kubernetes.add_pod_label(task, key, value)
 
+    def task_setup(task: dsl.PipelineTask, name: str, display: str, *, mlflow: bool) -> None:
+        task.set_display_name(display)
+        task.set_caching_options(False)  # see the module docstring
+        credentials(task, mlflow=mlflow)
+        kubernetes.set_timeout(task, int(LONGEST_TASK_S[name] * settings.task_deadline_scale))
 
-def _retry(task: dsl.PipelineTask, retries: int, backoff_s: int) -> None:
-    if not RETRIES:
-        return
-    # Integer factor: Argo (KFP >= 2.14) cannot parse "1.5" and fails the node instead.
-    task.set_retry(
-        num_retries=retries,
-        backoff_duration=f"{backoff_s}s",
-        backoff_factor=2,
-        backoff_max_duration=f"{RETRY_WINDOW_S}s",
-    )
-
-
-def _on_gpu(task: dsl.PipelineTask, gpus: int, memory: str = "64Gi", cpu: str = "8") -> None:
-    """Place a task on the GPU pool with shared memory and preemption retries."""
-    if gpus > 0:
-        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
-        kubernetes.add_node_selector(task, GPU_NODE_LABEL_KEY, GPU_NODE_LABEL_VALUE)
-        kubernetes.add_toleration(
-            task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+    def retry(task: dsl.PipelineTask, retries: int, backoff_s: int) -> None:
+        if not settings.retries or not retries:
+            return
+        # Integer factor: Argo (KFP >= 2.14) cannot parse "1.5" and fails the node instead.
+        task.set_retry(
+            num_retries=retries,
+            backoff_duration=f"{backoff_s}s",
+            backoff_factor=2,
+            backoff_max_duration=f"{RETRY_WINDOW_S}s",
         )
-    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
-    kubernetes.empty_dir_mount(
-        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
-    )
-    # Preemptible GPU nodes: retry; the step resumes from its last checkpoint.
-    _retry(task, 3, 60)
 
+    def on_gpu(task: dsl.PipelineTask, gpus: int, memory: str = "64Gi", cpu: str = "8") -> None:
+        """Place a task on the GPU pool with shared memory and preemption retries."""
+        if gpus > 0:
+            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+            kubernetes.add_node_selector(
+                task, settings.gpu_node_label_key, settings.gpu_node_label_value
+            )
+            kubernetes.add_toleration(
+                task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+            )
+        task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+        kubernetes.empty_dir_mount(
+            task,
+            volume_name="dshm",
+            mount_path="/dev/shm",
+            medium="Memory",
+            size_limit=settings.shm_size,
+        )
+        retry(task, 3, 60)  # preemptible GPU nodes: the step resumes from its checkpoint
 
-def _on_cpu(task: dsl.PipelineTask, memory: str = "4Gi", cpu: str = "2", retries: int = 2) -> None:
-    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
-    if retries:
-        _retry(task, retries, 30)
+    def on_cpu(task: dsl.PipelineTask, memory: str = "4Gi", cpu: str = "2", retries: int = 2):
+        task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+        retry(task, retries, 30)
 
+    def training(task: dsl.PipelineTask, name: str, display: str) -> None:
+        task_setup(task, name, display, mlflow=True)
+        if settings.train_nodes > 1:  # a launcher: the training job's pods hold the GPUs
+            on_cpu(task, memory="2Gi", cpu="1", retries=3)
+            if settings.trainer_release:
+                task.set_env_variable("FA_TRAINER_RELEASE", settings.trainer_release)
+            for env, field in POD_FIELD_ENV.items():
+                kubernetes.use_field_path_as_env(task, env, field)
+        else:
+            on_gpu(task, settings.gpus_per_step)
 
-def _training(task: dsl.PipelineTask, name: str) -> None:
-    task.set_display_name(name)
-    task.set_caching_options(True)
-    _credentials(task, mlflow=True)
-    if TRAIN_NODES > 1:  # a launcher: the training job's pods hold the GPUs
-        _on_cpu(task, memory="2Gi", cpu="1", retries=3)
-        if TRAINER_RELEASE:
-            task.set_env_variable("FA_TRAINER_RELEASE", TRAINER_RELEASE)
-    else:
-        _on_gpu(task, GPUS_PER_STEP)
-
-
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description=(
-        "Retrain the fashion attribute classifier (Ye et al., HABP + MR-GAN + Deact): check "
-        "the inputs, ingest DeepFashion-C or new catalog batches into versioned shards, train "
-        "MR-GAN with decorrelation, train the classifier with HABP + Deact, evaluate, register "
-        "in MLflow and gate the champion on the same test split."
-    ),
-)
-def retraining(
-    source_uri: str = "demo://?images=600&seed=0",
-    storage_uri: str = "s3://fashion-attr",
-    batch_uri: str = "none",
-    base_version: str = "none",
-    preset: str = "tiny",
-    gan_overrides: str = "none",
-    classifier_overrides: str = "none",
-    reuse_generator: str = "none",
-    ingest_parts: int = 1,
-    ingest_workers: int = 4,
-    model_name: str = "fashion-attr",
-    gate_metrics: str = "attr_recall@3/all,attr_recall@3/tail,cat_top3_acc",
-    gate_tolerance: float = 0.005,
-) -> str:
-    """Run the whole retraining DAG.
-
-    Args:
-        source_uri: DeepFashion-C root (local path or s3://bucket/prefix); the default
-            demo://?images=600&seed=0 generates the embedded demo dataset.
-        storage_uri: Where dataset versions and step outputs are written (s3:// or a path).
-        batch_uri: New catalog data: one .jsonl batch, a DeepFashion-C-layout folder, or a
-            drop prefix of *.jsonl batches (every pending one is folded in), or "none".
-        base_version: Dataset version the batches extend (id or URI), "latest", or "none".
-        preset: Configuration preset: tiny, mnist, paper or paper-cb.
-        gan_overrides: train_gan overrides, JSON list or comma-separated key=value, or "none".
-        classifier_overrides: train_classifier overrides, same format, or "none".
-        reuse_generator: URI of an existing generator.pt to skip GAN training, or "none".
-        ingest_parts: Pods a full ingest is split over (1 or more).
-        ingest_workers: Decode/encode processes per ingest pod.
-        model_name: MLflow registered model name.
-        gate_metrics: Comma-separated metrics the challenger must not lose on.
-        gate_tolerance: Allowed drop per gated metric (fraction, e.g. 0.005 = 0.5 points).
-
-    Returns:
-        The registration result (JSON): model name, version, alias, gate decision.
-    """
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    check = c.validation(
-        source_uri=source_uri,
-        storage_uri=storage_uri,
-        batch_uri=batch_uri,
-        base_version=base_version,
-        preset=preset,
-        gan_overrides=gan_overrides,
-        classifier_overrides=classifier_overrides,
-        reuse_generator=reuse_generator,
-        ingest_parts=ingest_parts,
-        model_name=model_name,
-        gate_metrics=gate_metrics,
-        gate_tolerance=gate_tolerance,
-        train_nodes=TRAIN_NODES,
-        pipeline_run=run_id,
-    )
-    check.set_display_name("validate inputs")
-    check.set_caching_options(False)
-    _credentials(check, mlflow=True)
-    _on_cpu(check, memory="2Gi", cpu="1", retries=0)  # a user error is not worth a retry
-
-    ingest_args = {
-        "source_uri": source_uri,
-        "storage_uri": storage_uri,
-        "preset": preset,
-        "parts": ingest_parts,
-        "batch_uri": batch_uri,
-        "base_version": base_version,
-        "workers": ingest_workers,
-        "pipeline_run": run_id,
+    placement = {
+        "gpus": settings.gpus_per_step,
+        "nodes": settings.train_nodes,
+        "job_kind": settings.train_job_kind,
+        "image": settings.image,
     }
-    with dsl.ParallelFor(items=check.output, name="ingest-parts") as part:
-        part_task = c.ingest_part(part=part, **ingest_args)
-        part_task.set_display_name("ingest (part)")
-        part_task.set_caching_options(False)  # source content may change under one URI
-        _credentials(part_task)
-        _on_cpu(part_task, memory="8Gi", cpu="4")
+    # Evaluation and registration score on one GPU of the pool (none for a CPU pipeline).
+    scoring_gpus = min(settings.gpus_per_step, 1)
 
-    data = c.ingest(**ingest_args).after(part_task)
-    data.set_display_name("ingest (publish version)")
-    data.set_caching_options(False)
-    _credentials(data)
-    _on_cpu(data)
-
-    placement = {"nodes": TRAIN_NODES, "job_kind": TRAIN_JOB_KIND, "image": c.BASE_IMAGE}
-    gan = c.gan_training(
-        dataset=data.outputs["dataset"],
-        storage_uri=storage_uri,
-        preset=preset,
-        overrides=gan_overrides,
-        reuse_generator=reuse_generator,
-        gpus=GPUS_PER_STEP,
-        **placement,
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=(
+            "Retrain the fashion attribute classifier (Ye et al., HABP + MR-GAN + Deact): check "
+            "the inputs, ingest DeepFashion-C or new catalog batches into versioned shards, "
+            "skip the GPU steps when nothing is new, train MR-GAN with decorrelation, train "
+            "the classifier with HABP + Deact, evaluate, register in MLflow and gate the "
+            f"champion on the same test split. Compiled for: {settings.summary()}."
+        ),
     )
-    _training(gan, "train MR-GAN")
+    def retraining(
+        source_uri: str = "demo://?images=600&seed=0",
+        storage_uri: str = "s3://fashion-attr",
+        batch_uri: str = "none",
+        base_version: str = "none",
+        preset: str = "tiny",
+        gan_overrides: str = "none",
+        classifier_overrides: str = "none",
+        reuse_generator: str = "none",
+        ingest_parts: int = 1,
+        ingest_workers: int = 4,
+        model_name: str = "fashion-attr",
+        gate_metrics: str = "attr_recall@3/all,attr_recall@3/tail,cat_top3_acc",
+        gate_tolerance: float = 0.005,
+    ) -> str:
+        """Run the whole retraining DAG.
 
-    clf = c.classifier_training(
-        dataset=data.outputs["dataset"],
-        generator=gan.outputs["generator"],
-        storage_uri=storage_uri,
-        preset=preset,
-        overrides=classifier_overrides,
-        gpus=GPUS_PER_STEP,
-        **placement,
-    )
-    _training(clf, "train classifier (HABP + Deact)")
+        Args:
+            source_uri: DeepFashion-C root (local path or s3://bucket/prefix); the default
+                demo://?images=600&seed=0 generates the embedded demo dataset.
+            storage_uri: Where dataset versions and step outputs are written (s3:// or a path).
+            batch_uri: New catalog data: one .jsonl batch, a DeepFashion-C-layout folder, or a
+                drop prefix of *.jsonl batches (every pending one is folded in), or "none".
+            base_version: Dataset version the batches extend (id or URI), "latest", or "none".
+            preset: Configuration preset: tiny, mnist, paper or paper-cb.
+            gan_overrides: train_gan overrides, JSON list or comma-separated key=value, or
+                "none".
+            classifier_overrides: train_classifier overrides, same format, or "none".
+            reuse_generator: URI of an existing generator.pt to skip GAN training, or "none".
+            ingest_parts: Pods a full ingest is split over (1 or more).
+            ingest_workers: Decode/encode processes per ingest pod.
+            model_name: MLflow registered model name.
+            gate_metrics: Comma-separated metrics the challenger must not lose on.
+            gate_tolerance: Allowed drop per gated metric (fraction, e.g. 0.005 = 0.5 points).
 
-    ev = c.evaluation(
-        dataset=data.outputs["dataset"],
-        model=clf.outputs["model"],
-        storage_uri=storage_uri,
-        preset=preset,
-    )
-    ev.set_display_name("evaluate")
-    ev.set_caching_options(True)
-    _credentials(ev, mlflow=True)
-    _on_gpu(ev, min(GPUS_PER_STEP, 1), memory="32Gi", cpu="8")
+        Returns:
+            The registration result (JSON): model name, version, alias, gate decision; or,
+            when nothing was new, the ``unchanged`` summary (``"skipped": true``).
+        """
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        check = c.validation(
+            source_uri=source_uri,
+            storage_uri=storage_uri,
+            batch_uri=batch_uri,
+            base_version=base_version,
+            preset=preset,
+            gan_overrides=gan_overrides,
+            classifier_overrides=classifier_overrides,
+            reuse_generator=reuse_generator,
+            ingest_parts=ingest_parts,
+            model_name=model_name,
+            gate_metrics=gate_metrics,
+            gate_tolerance=gate_tolerance,
+            train_nodes=settings.train_nodes,
+            pipeline_run=run_id,
+        )
+        task_setup(check, "validation", "validate inputs", mlflow=True)
+        on_cpu(check, memory="2Gi", cpu="1", retries=0)  # a user error is not worth a retry
 
-    reg = c.registration(
-        dataset=data.outputs["dataset"],
-        model=clf.outputs["model"],
-        evaluation=ev.outputs["result"],
-        storage_uri=storage_uri,
-        pipeline_run=run_id,
-        preset=preset,
-        model_name=model_name,
-        gate_metrics=gate_metrics,
-        gate_tolerance=gate_tolerance,
-    )
-    reg.set_display_name("register + gate (paired)")
-    reg.set_caching_options(False)  # the champion may have changed since
-    _credentials(reg, mlflow=True)
-    _on_gpu(reg, min(GPUS_PER_STEP, 1), memory="16Gi", cpu="4")  # scores the champion too
-    return reg.outputs["Output"]
+        ingest_args = {
+            "source_uri": source_uri,
+            "storage_uri": storage_uri,
+            "preset": preset,
+            "parts": ingest_parts,
+            "batch_uri": batch_uri,
+            "base_version": base_version,
+            "workers": ingest_workers,
+            "pipeline_run": run_id,
+        }
+        with dsl.ParallelFor(items=check.output, name="ingest-parts") as part:
+            part_task = c.ingest_part(part=part, **ingest_args)
+            task_setup(part_task, "ingest-part", "ingest (part)", mlflow=False)
+            on_cpu(part_task, memory="8Gi", cpu="4")
+
+        data = c.ingest(**ingest_args).after(part_task)
+        task_setup(data, "ingest", "ingest (publish version)", mlflow=False)
+        on_cpu(data)
+        dataset = data.outputs["dataset"]
+
+        decided = c.plan(
+            dataset=dataset,
+            storage_uri=storage_uri,
+            pipeline_run=run_id,
+            preset=preset,
+            gan_overrides=gan_overrides,
+            classifier_overrides=classifier_overrides,
+            reuse_generator=reuse_generator,
+            model_name=model_name,
+            **placement,
+        )
+        task_setup(decided, "plan", "anything new? (plan)", mlflow=True)
+        on_cpu(decided, memory="2Gi", cpu="1")
+
+        with dsl.If(decided.outputs["decision"] == "train", name="something-new"):
+            gan = c.gan_training(
+                dataset=dataset,
+                storage_uri=storage_uri,
+                pipeline_run=run_id,
+                preset=preset,
+                overrides=gan_overrides,
+                reuse_generator=reuse_generator,
+                **placement,
+            )
+            training(gan, "gan-training", "train MR-GAN")
+
+            clf = c.classifier_training(
+                dataset=dataset,
+                generator=gan.outputs["generator"],
+                storage_uri=storage_uri,
+                pipeline_run=run_id,
+                preset=preset,
+                overrides=classifier_overrides,
+                **placement,
+            )
+            training(clf, "classifier-training", "train classifier (HABP + Deact)")
+
+            ev = c.evaluation(
+                dataset=dataset,
+                model=clf.outputs["model"],
+                storage_uri=storage_uri,
+                pipeline_run=run_id,
+                preset=preset,
+                gpus=scoring_gpus,
+            )
+            task_setup(ev, "evaluation", "evaluate", mlflow=True)
+            on_gpu(ev, scoring_gpus, memory="32Gi", cpu="8")
+
+            reg = c.registration(
+                dataset=dataset,
+                model=clf.outputs["model"],
+                evaluation=ev.outputs["result"],
+                storage_uri=storage_uri,
+                pipeline_run=run_id,
+                preset=preset,
+                model_name=model_name,
+                gate_metrics=gate_metrics,
+                gate_tolerance=gate_tolerance,
+                training_key=decided.outputs["training_key"],
+                gpus=scoring_gpus,
+            )
+            task_setup(reg, "registration", "register + gate (paired)", mlflow=True)
+            on_gpu(reg, scoring_gpus, memory="16Gi", cpu="4")  # scores the champion too
+        with dsl.Else(name="nothing-new"):
+            same = c.unchanged(
+                plan_decision=decided.outputs["decision"],
+                training_key=decided.outputs["training_key"],
+                model_name=model_name,
+            )
+            task_setup(same, "unchanged", "nothing new: no training", mlflow=False)
+            on_cpu(same, memory="1Gi", cpu="1", retries=0)
+        return dsl.OneOf(reg.outputs["Output"], same.output)
+
+    return retraining
 
 
-def compile_pipeline(output: str | os.PathLike[str]) -> Path:
-    """Compile the DAG to a KFP IR YAML file."""
+def compile_pipeline(output: str | Path, settings: CompileSettings | None = None) -> Path:
+    """Compile the DAG for ``settings`` (default: :class:`CompileSettings`) to ``output``.
+
+    The file's header records the settings (``# fashion-attr settings: {json}``), which
+    ``pipelines.schedule`` reads back (:func:`pipelines.settings.read_settings`).
+    """
+    settings = settings or CompileSettings()
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(retraining, package_path=str(path), pipeline_name=PIPELINE_NAME)
+    compiler.Compiler().compile(
+        build_pipeline(settings), package_path=str(path), pipeline_name=PIPELINE_NAME
+    )
+    path.write_text(f"{SETTINGS_MARKER}{settings.to_json()}\n{path.read_text()}")
     return path
+
+
+def _image_from_build(build: Path) -> str | None:
+    """The image ``make image`` recorded (``build/image.json``): by digest when pushed."""
+    record = build / "image.json"
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    return data.get("pinned") or data.get("image")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m pipelines.retraining --output build/fashion-attr-retraining.yaml``."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.retraining",
+        description="Compile the retraining pipeline to a KFP package (YAML). Every setting "
+        "also reads its FA_* variable when the flag is not given: "
+        + ", ".join(f"{f} ({e})" for f, e in ENV_NAMES.items()),
+    )
     parser.add_argument("--output", default="build/fashion-attr-retraining.yaml")
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="project image; default: build/image.json of `make image`, else "
+        f"{DEFAULT_IMAGE} (local only)",
+    )
+    parser.add_argument("--gpus-per-step", type=int, default=None, help="0: a CPU-only cluster")
+    parser.add_argument("--train-nodes", type=int, default=None)
+    parser.add_argument("--train-job-kind", choices=("trainjob", "pytorchjob"), default=None)
+    parser.add_argument("--trainer-release", choices=("2.1", "2.2", "2.3"), default=None)
+    parser.add_argument(
+        "--target",
+        choices=("cluster", "local"),
+        default="local",
+        help="cluster: refuse an image no cluster can pull (not pinned by digest)",
+    )
     args = parser.parse_args(argv)
-    print(compile_pipeline(args.output))
+    try:
+        settings = CompileSettings.from_env(
+            image=args.image or _image_from_build(Path(args.output).parent),
+            gpus_per_step=args.gpus_per_step,
+            train_nodes=args.train_nodes,
+            train_job_kind=args.train_job_kind,
+            trainer_release=args.trainer_release,
+        )
+        if args.target == "cluster":
+            settings.check_for_cluster()
+    except SettingsError as exc:
+        print(f"compile: error: {exc}", file=sys.stderr)
+        return 2
+    path = compile_pipeline(args.output, settings)
+    print(f"compiled {path}\n  {settings.summary()}")
+    if not settings.pinned:
+        print(
+            f"  warning: the image {settings.image} is not pinned by digest, so no cluster "
+            "can pull it as it is. For a cluster: `make image IMAGE=<registry>/fashion-attr:"
+            "<tag> PUSH=1` then `make compile TARGET=cluster` (or --image <ref>@sha256:...)",
+            file=sys.stderr,
+        )
+    if settings.gpu_tasks:
+        print(
+            f"  GPUs: {settings.gpu_tasks} tasks each request nvidia.com/gpu on the pool "
+            f"{settings.gpu_node_label_key}={settings.gpu_node_label_value} (whatever the "
+            "preset: the KFP backend cannot take a GPU count from a parameter); "
+            "--gpus-per-step 0 compiles a CPU-only pipeline for the demo-sized run",
+            file=sys.stderr,
+        )
     return 0
 
 

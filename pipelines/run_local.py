@@ -7,7 +7,13 @@ image, ``--runner docker``; ``make run RUNNER=docker``). Storage is a local
 folder; MLflow is local too (SQLite backend, artifacts on disk). Each run
 generates new demo catalog data (a new seed), so running it again registers a
 new model version and applies the promotion gate. Training runs on the CPU
-(the pipeline is compiled with ``FA_GPUS_PER_STEP=0``).
+(the pipeline is compiled with 0 GPUs per step and no retries).
+
+The pipeline's own inputs can be given: ``--source`` (a DeepFashion-C folder of your
+own), ``--batch`` with ``--base`` (fold a catalog batch into a version, ``latest`` by
+default), a fixed ``--seed`` (the same demo data again: a night with nothing new, which
+trains nothing). A failed run says which step failed and why; the same command resumes
+it.
 
 Before anything runs, every input is checked (:mod:`fashion_attr.orchestration.preflight`).
 The output shows each step's own progress and a final summary; KFP's executor
@@ -16,7 +22,8 @@ dumps are hidden unless ``--verbose``.
 Usage::
 
     python -m pipelines.run_local [--runner subprocess|docker] [--workdir .local_pipeline]
-        [--images 2000] [--seed N] [--preset tiny] [--verbose]
+        [--source DIR | --images 2000 --seed N] [--batch FILE_OR_DIR [--base latest]]
+        [--preset tiny] [--gan-overrides k=v,...] [--classifier-overrides k=v,...] [--verbose]
 """
 
 import argparse
@@ -30,6 +37,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from fashion_attr.config import PRESETS as PRESET_CHOICES
+
+from pipelines.retraining import build_pipeline
+from pipelines.settings import DEFAULT_IMAGE, CompileSettings
+
 SUMMARY_KEYS = (
     "attr_recall@3/all",
     "attr_recall@5/all",
@@ -41,8 +53,6 @@ SUMMARY_KEYS = (
     "whole/cat_top1_acc",
     "whole/attr_recall@3/all",
 )
-#: The image ``make image`` builds (docker/Dockerfile); ``--image`` overrides.
-DEFAULT_IMAGE = "fashion-attr:0.1.0"
 ROOT = Path(__file__).resolve().parents[1]
 #: What the Makefile's serve, predict and mlflow-ui targets assume (MLFLOW_DB, MODEL).
 DEFAULT_WORKDIR = ".local_pipeline"
@@ -60,8 +70,12 @@ class QuietKfpOutput:
     _EXECUTOR = re.compile(r"^(?P<indent>\s*)\[KFP Executor [^\]]*\]: ")
     _KEEP_LOCAL = ("Executing task", "finished with status", "Pipeline ")
 
+    _FAILED = re.compile(r"^\s*(?P<task>[\w-]+): (?P<kind>error|failed|stopped): (?P<msg>.+)$")
+
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        #: ``(task, exit code, message)`` of each step failure line seen, oldest first.
+        self.failures: list[tuple[str, int, str]] = []
         self._buffer = ""
         self._dump_end: str | None = None  # the line that closes an executor-input dump
         self._in_outputs = False  # kfp.local's listing of a finished task's outputs
@@ -71,6 +85,10 @@ class QuietKfpOutput:
         self._buffer += text
         *lines, self._buffer = self._buffer.split("\n")
         for line in lines:
+            failed = self._FAILED.match(line)
+            if failed:
+                code = {"error": 2, "stopped": 130}.get(failed.group("kind"), 3)
+                self.failures.append((failed.group("task"), code, failed.group("msg")))
             if self._keep(line):
                 self.stream.write(line + "\n")
         return len(text)
@@ -147,25 +165,57 @@ def _runner(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> Any
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the DAG locally and print a summary."""
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI of ``python -m pipelines.run_local`` (``make run`` forwards its variables)."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m pipelines.run_local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess")
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="storage, MLflow, KFP files")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="a DeepFashion-C root (folder or s3://) or demo://...; default: the demo catalog "
+        "(--images, --seed)",
+    )
     parser.add_argument("--images", type=int, default=2000, help="demo images to generate")
-    parser.add_argument("--seed", type=int, default=None, help="demo seed (default: a new one)")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="demo seed (default: a new one after each successful run; a failed run's seed "
+        "is kept, so rerunning resumes it)",
+    )
+    parser.add_argument(
+        "--batch",
+        default=None,
+        help="a catalog batch (.jsonl or DeepFashion-C folder) or a drop folder of *.jsonl "
+        "batches to fold into --base",
+    )
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="the dataset version the batch extends (v-..., or latest: the default with --batch)",
+    )
+    parser.add_argument("--preset", default="tiny", choices=PRESET_CHOICES)
     parser.add_argument("--model-name", default=DEFAULT_MODEL)
-    parser.add_argument("--gan-overrides", default="none")
-    parser.add_argument("--classifier-overrides", default="none")
+    parser.add_argument("--gan-overrides", default="none", help="key=value,... for train_gan")
+    parser.add_argument(
+        "--classifier-overrides", default="none", help="key=value,... for train_classifier"
+    )
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="project image (docker runner)")
-    parser.add_argument("--verbose", action="store_true", help="keep KFP's executor logs")
-    args = parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true", help="keep KFP's logs and tracebacks")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the DAG locally and print a summary."""
+    args = build_parser().parse_args(argv)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    demo = args.source is None
     seed = args.seed if args.seed is not None else _next_seed(workdir)
     storage_dir, mlflow_db, artifacts = (
         workdir / "storage",
@@ -179,23 +229,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PYTHONWARNINGS": "ignore",
         "FA_PROGRESS": "lines",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
     }
     os.environ.update(env)
-    # The accelerator count is fixed when the DAG is compiled: train on this machine's CPU.
-    os.environ["FA_GPUS_PER_STEP"] = "0"
-    os.environ["FA_RETRIES"] = "0"  # no preemption here; a failure should end the run at once
-    os.environ["FA_IMAGE"] = args.image
 
     from fashion_attr.demo.sources import demo_uri
     from fashion_attr.orchestration.params import names, overrides
     from fashion_attr.orchestration.preflight import PreflightError, check_pipeline_inputs
 
-    source = demo_uri(args.images, seed)
-    defaults = _pipeline_defaults()
+    source = demo_uri(args.images, seed) if demo else _absolute(args.source)
+    batch = _absolute(args.batch) if args.batch else None
+    base = args.base or ("latest" if batch else None)
+    settings = CompileSettings(
+        image=args.image,
+        gpus_per_step=0,  # train on this machine's CPU
+        retries=False,  # no preemption here: a failure should end the run at once
+    )
+    pipeline = build_pipeline(settings)
+    defaults = _pipeline_defaults(pipeline)
     try:
         check_pipeline_inputs(
             source_uri=source,
             storage_uri=str(storage_dir),
+            batch_uri=batch,
+            base_version=base,
             preset=args.preset,
             gan_overrides=overrides(args.gan_overrides),
             classifier_overrides=overrides(args.classifier_overrides),
@@ -221,19 +278,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.init(
         runner=_runner(args, workdir, env), pipeline_root=str(workdir / "kfp"), raise_on_error=True
     )
-    from pipelines.retraining import retraining
 
     print(f"fashion-attr: running the retraining DAG locally ({args.runner} runner)")
-    print(f"  source  {source}\n  storage {storage_dir}\n  mlflow  {env['MLFLOW_TRACKING_URI']}")
-    print(f"  demo catalogs are cached in {workdir / 'cache' / 'demo'} (make clean removes them)")
+    print(f"  source  {source}")
+    if batch:
+        print(f"  batch   {batch} (folded into {base})")
+    print(f"  storage {storage_dir}\n  mlflow  {env['MLFLOW_TRACKING_URI']}")
+    if demo:
+        print(
+            f"  demo catalogs are cached in {workdir / 'cache' / 'demo'} (make clean removes them)"
+        )
     t0 = time.time()
     real_stdout = sys.stdout
+    quiet = QuietKfpOutput(real_stdout)
     if not args.verbose:
-        sys.stdout = QuietKfpOutput(real_stdout)
+        sys.stdout = quiet
     try:
-        run = retraining(
+        run = pipeline(
             source_uri=source,
             storage_uri=str(storage_dir),
+            batch_uri=batch or "none",
+            base_version=base or "none",
             preset=args.preset,
             model_name=args.model_name,
             gan_overrides=args.gan_overrides,
@@ -241,12 +306,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             ingest_parts=1,
             ingest_workers=2,
         )
+    except KeyboardInterrupt:
+        sys.stdout = real_stdout
+        print(
+            "\nrun_local: interrupted. Everything finished so far is kept; rerun the same "
+            "command to resume (finished steps are reused, training continues from its last "
+            "checkpoint).",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:
+        sys.stdout = real_stdout
+        if args.verbose:
+            raise
+        print(_failure(exc, quiet.failures, argv), file=sys.stderr)
+        return quiet.failures[-1][1] if quiet.failures else 3
     finally:
         sys.stdout = real_stdout
-    _save_seed(workdir, seed)
+    if demo:
+        _save_seed(workdir, seed)
     summary = json.loads(run.output)
-    _print_summary(summary, time.time() - t0, workdir, args.model_name, _example_photo(source))
+    photo = _example_photo(source) if demo else None
+    _print_summary(summary, time.time() - t0, workdir, args.model_name, photo)
     return 0
+
+
+def _absolute(uri: str) -> str:
+    """A local path made absolute (the steps run in other folders); URIs unchanged."""
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def _failure(exc: BaseException, failures: list[tuple[str, int, str]], argv: Any) -> str:
+    """The one message a failed local run ends with: which step, why, and how to resume."""
+    again = "python -m pipelines.run_local " + " ".join(argv or sys.argv[1:])
+    if failures:
+        task, code, message = failures[-1]
+        what = f"the step {task} failed (exit {code}): {message}"
+    else:
+        what = f"the pipeline failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+    return (
+        f"run_local: {what}\nEverything finished so far is kept. Fix the cause, then rerun the "
+        f"same command to resume (finished steps are reused, training continues from its last "
+        f"checkpoint): {again.strip()}\nThe step's full log is above; --verbose keeps KFP's "
+        "own logs."
+    )
 
 
 def _example_photo(source: str) -> tuple[Path, str] | None:
@@ -267,12 +370,10 @@ def _example_photo(source: str) -> tuple[Path, str] | None:
     return None
 
 
-def _pipeline_defaults() -> dict[str, Any]:
+def _pipeline_defaults(pipeline: Any) -> dict[str, Any]:
     import inspect
 
-    from pipelines.retraining import retraining
-
-    params = inspect.signature(retraining.pipeline_func).parameters
+    params = inspect.signature(pipeline.pipeline_func).parameters
     return {k: p.default for k, p in params.items()}
 
 
@@ -285,6 +386,16 @@ def _print_summary(
 ) -> None:
     from fashion_attr.evaluation.report import read_metrics_json
 
+    if summary.get("skipped"):
+        print("\n" + "=" * 72)
+        print(f"Pipeline finished in {elapsed / 60:.1f} min: nothing new to train")
+        print(
+            "The dataset version, code, configs and placement equal those of a registered "
+            f"version of {summary['name']}: no GPU step ran and no version was registered "
+            f"(training key {summary['training_key']})."
+        )
+        print("=" * 72)
+        return
     metrics = read_metrics_json(summary["metrics_uri"])
     print("\n" + "=" * 72)
     print(f"Pipeline finished in {elapsed / 60:.1f} min")

@@ -56,6 +56,11 @@ def _dags(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str,
             yield name, comp, comp["dag"]
 
 
+def _tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of every DAG (the GPU tasks sit in the plan's condition branch)."""
+    return {name: task for _, _, dag in _dags(spec) for name, task in dag["tasks"].items()}
+
+
 def _executor(spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any] | None:
     comp = spec["components"][task["componentRef"]["name"]]
     label = comp.get("executorLabel")
@@ -110,13 +115,23 @@ def test_accelerator_counts_are_literals_the_backend_can_read(compiled) -> None:
 def test_a_multi_node_launcher_holds_no_gpu_and_torchrun_gets_the_gpu_count(tmp_path: Path) -> None:
     """With FA_TRAIN_NODES > 1 the training tasks only submit and watch the job: a launcher
     holding a GPU could starve its own job on a small pool."""
-    spec, _ = _compile(tmp_path, FA_TRAIN_NODES="2", FA_GPUS_PER_STEP="4")
-    tasks = spec["root"]["dag"]["tasks"]
+    spec, platform = _compile(tmp_path, FA_TRAIN_NODES="2", FA_GPUS_PER_STEP="4")
+    tasks = _tasks(spec)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name in ("gan-training", "classifier-training"):
         assert "accelerator" not in _executor(spec, tasks[name]).get("resources", {}), name
         params = tasks[name]["inputs"]["parameters"]
         assert params["nodes"]["runtimeValue"]["constant"] == 2
         assert params["gpus"]["runtimeValue"]["constant"] == 4
+        # The launcher knows its own pod, to own the job it creates (ownerReferences): the
+        # driver turns fieldPathAsEnv into a fieldRef env (k8s.go @2.15.0 l.506).
+        label = spec["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]
+        fields = {f["name"]: f["fieldPath"] for f in executors[label]["fieldPathAsEnv"]}
+        assert fields == {
+            "FA_POD_NAME": "metadata.name",
+            "FA_POD_UID": "metadata.uid",
+            "FA_POD_NAMESPACE": "metadata.namespace",
+        }
 
 
 def test_a_trainer_release_given_at_compile_time_reaches_the_launchers_only(
@@ -124,7 +139,7 @@ def test_a_trainer_release_given_at_compile_time_reaches_the_launchers_only(
 ) -> None:
     """FA_TRAINER_RELEASE at compile time spares a launcher the CRD read (cluster RBAC)."""
     spec, _ = _compile(tmp_path, FA_TRAIN_NODES="2", FA_TRAINER_RELEASE="2.2")
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _tasks(spec)
     launchers = 0
     for name, task in tasks.items():
         container = _executor(spec, task) or {}  # the ingest loop is a DAG: no container
@@ -241,7 +256,11 @@ def test_kubernetes_executor_configs_use_fields_the_minimum_backend_reads(compil
     """kubernetes_executor_config.proto @2.15.0: ``optional`` exists on SecretAsEnv and
     ConfigMapAsEnv from 2.15.0 (older backends fail or drop the pod labels, so the
     NetworkPolicies would not match); an invalid emptyDir sizeLimit panics the driver
-    (k8s.go @2.17.0 590-614, ``k8sres.MustParse``)."""
+    (k8s.go @2.17.0 590-614, ``k8sres.MustParse``). ``activeDeadlineSeconds`` (the task
+    deadline) and ``fieldPathAsEnv`` (a launcher's pod name and uid) are read by the driver
+    of 2.15.0 (k8s.go @2.15.0 l.526 and l.506); the 2.15.0 compiler parses executor configs
+    strictly (argocompiler/container.go @2.15.0 l.309), so a field added after 2.15.0 would
+    fail the run at creation."""
     _, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     allowed = {
@@ -251,6 +270,8 @@ def test_kubernetes_executor_configs_use_fields_the_minimum_backend_reads(compil
         "nodeSelector",
         "tolerations",
         "emptyDirMounts",
+        "activeDeadlineSeconds",
+        "fieldPathAsEnv",
     }
     for name, conf in executors.items():
         assert set(conf) <= allowed, (name, set(conf) - allowed)

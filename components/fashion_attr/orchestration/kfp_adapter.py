@@ -1,22 +1,25 @@
 """The KFP adapter: pipeline parameters and artifacts in, step configs and results out.
 
-Each component in ``pipelines/components.py`` calls the function of its name
-here. This module never imports kfp: an artifact is anything with ``.path``
-and ``.metadata`` (and ``log_metric`` for metrics), as KFP passes at run time.
-A function resolves the step's config (preset + overrides), calls the step's
-``run`` (training steps through :func:`~fashion_attr.orchestration.executor.execute`)
-inside :func:`~fashion_attr.orchestration.executor.task_attempt` (clean message, exit
-code 2 or 3, user errors not retried), and stores the typed result in its
-output artifact, where the next step reads it: no file name is guessed.
+Each component in ``pipelines/components.py`` calls the function of its name here. This
+module never imports kfp: an artifact is anything with ``.path`` and ``.metadata`` (and
+``log_metric`` for metrics), as KFP passes at run time. A function resolves the step's
+config (preset + overrides), calls the step's ``run`` (training steps through
+:func:`~fashion_attr.orchestration.executor.execute`) inside
+:func:`~fashion_attr.orchestration.executor.task_attempt` (clean message, exit code 2,
+3 or 130, a user error not retried with the same inputs), and stores the typed result in
+its output artifact, where the next step reads it: no file name is guessed.
 
 Large outputs live under ``storage_uri``: ``datasets/<version>/`` and
-``runs/<step>/<key>/``, ``key`` a hash of the step's inputs and resolved config
-(a retried pod resumes from its own checkpoint; new data gets a new folder).
+``runs/<step>/<key>/``, ``key`` naming everything that changes the step's result
+(:func:`~fashion_attr.orchestration.identity.output_key`: data, resolved config, code
+version and image, placement). A retried pod resumes from its own checkpoint; new data,
+new code or another GPU count get a new folder; identical inputs find the finished
+result. KFP's cache is not relied upon: :func:`plan` decides before any GPU task whether
+there is anything new to train (the DAG skips the GPU tasks when there is not).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,12 +32,23 @@ from fashion_attr.config import (
     GanConfig,
     PreprocessConfig,
     RegisterConfig,
+    config_to_dict,
 )
-from fashion_attr.orchestration.executor import Placement, execute, task_attempt
+from fashion_attr.orchestration.executor import check_gpus, execute, task_attempt
+from fashion_attr.orchestration.identity import Placement, output_key, training_key
 from fashion_attr.orchestration.params import config, names, optional, overrides
+from fashion_attr.results import (
+    EvaluateResult,
+    PreprocessResult,
+    StepResult,
+    TrainClassifierResult,
+    TrainGanResult,
+)
 from fashion_attr.steps import evaluate, preprocess, register
-from fashion_attr.steps.train_classifier import TrainClassifierResult
-from fashion_attr.steps.train_gan import TrainGanResult
+from fashion_attr.version import code_version
+
+#: ``plan``'s decisions.
+TRAIN, UNCHANGED = "train", "unchanged"
 
 
 class Artifact(Protocol):
@@ -45,9 +59,8 @@ class Artifact(Protocol):
     metadata: dict[str, Any]
 
 
-def _out(storage_uri: str, step: str, **inputs: Any) -> str:
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-    return storage.join(storage_uri, "runs", step, key[:16])
+def _out(storage_uri: str, step: str, placement: Placement | None = None, **parts: Any) -> str:
+    return storage.join(storage_uri, "runs", step, output_key(placement=placement, **parts))
 
 
 def _store(artifact: Artifact, result: Any) -> Any:
@@ -59,7 +72,7 @@ def _store(artifact: Artifact, result: Any) -> Any:
     return result
 
 
-def _load(artifact: Artifact, result_type: type) -> Any:
+def _load(artifact: Artifact, result_type: type[StepResult]) -> Any:
     try:
         return result_type.model_validate_json(Path(artifact.path).read_text())
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -69,18 +82,32 @@ def _load(artifact: Artifact, result_type: type) -> Any:
         ) from None
 
 
+def _nest_under(pipeline_run: str) -> None:
+    """Steps log their MLflow runs nested under the pipeline run's parent (``Tracker``)."""
+    os.environ["FA_PIPELINE_RUN"] = pipeline_run
+
+
+def _source_files(source: str | None) -> list[str]:
+    """What of a source a fix is made in (annotations, partition), for retry fingerprints."""
+    if not source or source.startswith("demo://"):
+        return []
+    return [storage.join(source, "Anno"), storage.join(source, "Eval")]
+
+
 def validation(*, storage_uri: str, pipeline_run: str, **params: Any) -> list[int]:
     """Check every input before any work (:mod:`.preflight`); plan the ingest fan-out."""
     from fashion_attr.orchestration.preflight import check_pipeline_inputs
 
-    with task_attempt("validation", storage_uri, pipeline_run):
+    # No attempt record (scope ""): the task is never retried automatically, and a person's
+    # "Retry" after a fix must check again.
+    with task_attempt("validation", storage_uri, ""):
         for key in ("gan_overrides", "classifier_overrides"):
             params[key] = overrides(params[key])
         params["gate_metrics"] = names(params["gate_metrics"])
         inputs = {k: optional(v) for k, v in params.items()}
-        plan = check_pipeline_inputs(storage_uri=storage_uri, **inputs)
-        print(f"validation: every input checks out; ingest in {len(plan.parts)} part(s)")
-        return plan.parts
+        checked = check_pipeline_inputs(storage_uri=storage_uri, **inputs)
+        print(f"validation: every input checks out; ingest in {len(checked.parts)} part(s)")
+        return checked.parts
 
 
 def _ingest(part: int | None, p: dict[str, Any]) -> Any:
@@ -101,18 +128,130 @@ def _ingest(part: int | None, p: dict[str, Any]) -> Any:
     )
 
 
+def _ingest_attempt(task: str, pipeline_run: str, params: dict[str, Any]) -> Any:
+    stamped = [optional(params["batch_uri"]) or "", *_source_files(optional(params["source_uri"]))]
+    return task_attempt(task, params["storage_uri"], pipeline_run, inputs=params, stamped=stamped)
+
+
 def ingest_part(*, part: int, pipeline_run: str, **params: Any) -> None:
     """One part of a fanned-out full ingest."""
-    with task_attempt(f"ingest-part-{part}", params["storage_uri"], pipeline_run):
+    with _ingest_attempt(f"ingest-part-{part}", pipeline_run, {**params, "part": part}):
         _ingest(part, params)
 
 
 def ingest(*, pipeline_run: str, dataset: Artifact, **params: Any) -> str:
     """Publish the version: merge the parts, ingest whole, or fold pending catalog batches."""
-    with task_attempt("ingest", params["storage_uri"], pipeline_run):
+    with _ingest_attempt("ingest", pipeline_run, params):
         result = _store(dataset, _ingest(None, params))
         print(f"ingest: dataset version {result.version} ({result.status}) at {result.uri}")
         return result.version
+
+
+def _placement(gpus: int, nodes: int, job_kind: str, image: str) -> Placement:
+    return Placement(gpus, nodes, job_kind, optional(image))
+
+
+def _training_parts(
+    data: PreprocessResult,
+    *,
+    preset: str,
+    gan_overrides: str,
+    classifier_overrides: str,
+    reuse_generator: str,
+    placement: Placement,
+) -> dict[str, Any]:
+    """Everything a training's result depends on, but the code (see ``training_key``)."""
+    return {
+        "dataset": data.version,
+        "gan": config_to_dict(config(GanConfig, preset, gan_overrides)),
+        "classifier": config_to_dict(config(ClassifierConfig, preset, classifier_overrides)),
+        "evaluate": config_to_dict(config(EvaluateConfig, preset)),
+        "reuse_generator": optional(reuse_generator),
+        "placement": placement.identity(),
+    }
+
+
+def plan(
+    *,
+    dataset: Artifact,
+    storage_uri: str,
+    pipeline_run: str,
+    preset: str,
+    gan_overrides: str,
+    classifier_overrides: str,
+    reuse_generator: str,
+    model_name: str,
+    gpus: int,
+    nodes: int,
+    job_kind: str,
+    image: str,
+    report: Artifact,
+) -> tuple[str, str]:
+    """Decide, on the CPU, whether this run has anything new to train.
+
+    The run's training key (dataset version, code version, resolved configs, placement)
+    is looked up among the registered versions of ``model_name``
+    (:func:`fashion_attr.registry.lineage.find_trained`). Found: nothing changed since
+    that version was trained, so the DAG skips the GPU tasks and registers nothing. This
+    does not depend on KFP's cache (whose key holds the input artifacts' ids, new in
+    every run).
+
+    Returns:
+        ``("train" or "unchanged", training key)``; the reason is printed and written to
+        the Markdown ``report`` (the KFP UI shows it).
+    """
+    from fashion_attr.registry.lineage import find_trained
+
+    with task_attempt("plan", storage_uri, pipeline_run):
+        data = _load(dataset, PreprocessResult)
+        placement = _placement(gpus, nodes, job_kind, image)
+        parts = _training_parts(
+            data,
+            preset=preset,
+            gan_overrides=gan_overrides,
+            classifier_overrides=classifier_overrides,
+            reuse_generator=reuse_generator,
+            placement=placement,
+        )
+        key = training_key(**parts)
+        match = find_trained(model_name, key)
+        if match is None:
+            decision = TRAIN
+            reason = (
+                f"dataset {data.version} with code {code_version()} and these configs and "
+                f"placement was never trained for {model_name}: training"
+            )
+        else:
+            decision = UNCHANGED
+            role = (
+                "the champion"
+                if match.champion
+                else f"a challenger; the champion is version {match.champion_version}"
+            )
+            reason = (
+                f"nothing new: dataset {data.version}, code {code_version()}, configs and "
+                f"placement are those of {model_name} version {match.version} ({role}); no "
+                "GPU task runs and no version is registered"
+            )
+        print(f"plan: {reason}")
+        Path(report.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report.path).write_text(f"# Plan: {decision}\n\n{reason}.\n\nTraining key `{key}`.\n")
+        return decision, key
+
+
+def unchanged(*, plan_decision: str, training_key: str, model_name: str) -> str:
+    """The run's summary when :func:`plan` found nothing new (what registration returns)."""
+    summary = {
+        "name": model_name,
+        "version": None,
+        "alias": None,
+        "skipped": True,
+        "decision": plan_decision,
+        "training_key": training_key,
+        "reason": "nothing new since the registered version with this training key",
+    }
+    print(f"unchanged: {summary['reason']}; no model version registered")
+    return json.dumps(summary)
 
 
 def _train(
@@ -122,6 +261,7 @@ def _train(
     *,
     dataset: Artifact,
     storage_uri: str,
+    pipeline_run: str,
     preset: str,
     overrides: str,
     gpus: int,
@@ -130,15 +270,24 @@ def _train(
     image: str,
     **inputs: Any,
 ) -> Any:
+    placement = _placement(gpus, nodes, job_kind, image)
+    _nest_under(pipeline_run)
     # Passing a generator through needs no GPU and no cluster job.
-    placement = Placement(gpus, nodes, job_kind, optional(image))
-    if inputs.get("reuse_generator"):
-        placement = Placement()
-    with task_attempt(step, storage_uri, output.uri):
-        data = _load(dataset, preprocess.PreprocessResult)
+    run_on = Placement() if inputs.get("reuse_generator") else placement
+    with task_attempt(step, storage_uri, pipeline_run, inputs={"overrides": overrides, **inputs}):
+        data = _load(dataset, PreprocessResult)
         cfg = config(cfg_type, preset, overrides)
-        out = _out(storage_uri, step, data=data.uri, cfg=cfg.model_dump(mode="json"), **inputs)
-        result = execute(step, cfg, data=data.uri, out=out, placement=placement, **inputs)
+        out = _out(
+            storage_uri,
+            step,
+            placement,
+            data=data.uri,
+            cfg=cfg.model_dump(mode="json"),
+            **inputs,
+        )
+        result = execute(
+            step, cfg, data=data.uri, out=out, placement=run_on, owner=pipeline_run, **inputs
+        )
         return _store(output, result)
 
 
@@ -159,7 +308,9 @@ def evaluation(
     dataset: Artifact,
     model: Artifact,
     storage_uri: str,
+    pipeline_run: str,
     preset: str,
+    gpus: int,
     metrics: Any,
     report: Artifact,
     plots: Artifact,
@@ -168,12 +319,19 @@ def evaluation(
     """Evaluate on the test split; fill the KFP Metrics, Markdown and HTML artifacts."""
     from fashion_attr.evaluation.report import plots_html
 
-    with task_attempt("evaluation", storage_uri, result.uri):
-        data = _load(dataset, preprocess.PreprocessResult)
+    _nest_under(pipeline_run)
+    with task_attempt("evaluation", storage_uri, pipeline_run):
+        check_gpus("evaluation", gpus)
+        data = _load(dataset, PreprocessResult)
         trained = _load(model, TrainClassifierResult)
         cfg = config(EvaluateConfig, preset)
-        key = {"data": data.uri, "model": trained.model, "cfg": cfg.model_dump(mode="json")}
-        done = evaluate.run(cfg, trained.model, data.uri, _out(storage_uri, "evaluation", **key))
+        out = _out(
+            storage_uri, "evaluation", data=data.uri, model=trained.model, cfg=cfg.model_dump()
+        )
+        try:
+            done = EvaluateResult.read(out)  # these inputs were evaluated already
+        except (FileNotFoundError, ValueError):
+            done = evaluate.run(cfg, trained.model, data.uri, out)
         for name, value in sorted(done.metrics.items()):
             metrics.log_metric(name.replace("@", "_at_").replace("/", "."), value)
         Path(report.path).write_text(storage.read_text(done.report))
@@ -193,15 +351,18 @@ def registration(
     model_name: str,
     gate_metrics: str,
     gate_tolerance: float,
+    training_key: str,
+    gpus: int,
     result: Artifact,
 ) -> str:
     """Register in MLflow and gate on paired figures (the champion scored on the same split)."""
-    from fashion_attr import __version__
+    from fashion_attr.registry.lineage import TRAINING_KEY_TAG
 
     with task_attempt("registration", storage_uri, pipeline_run):
-        data = _load(dataset, preprocess.PreprocessResult)
+        check_gpus("registration", gpus)
+        data = _load(dataset, PreprocessResult)
         trained = _load(model, TrainClassifierResult)
-        scored = _load(evaluation, evaluate.EvaluateResult)
+        scored = _load(evaluation, EvaluateResult)
         gate = {"tolerance": gate_tolerance, "gate_metrics": names(gate_metrics) or None}
         cfg = config(RegisterConfig, preset, model_name=model_name, **gate)
         done = register.run(
@@ -212,7 +373,8 @@ def registration(
             data=data.uri,
             evaluate_config=config(EvaluateConfig, preset),
             dataset_version=trained.dataset_version,
-            code_version=os.environ.get("FA_CODE_VERSION", __version__),
+            code_version=os.environ.get("FA_CODE_VERSION") or code_version(),
             reports=[*scored.files, trained.metrics_log],
+            lineage_tags={TRAINING_KEY_TAG: training_key},
         )
         return _store(result, done).to_json()
