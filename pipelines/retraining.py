@@ -141,11 +141,14 @@ def build_pipeline(settings: CompileSettings) -> Any:
         for key, value in POD_LABELS.items():
             kubernetes.add_pod_label(task, key, value)
 
+    def deadline(name: str) -> int:
+        return int(LONGEST_TASK_S[name] * settings.task_deadline_scale)
+
     def task_setup(task: dsl.PipelineTask, name: str, display: str, *, mlflow: bool) -> None:
         task.set_display_name(display)
         task.set_caching_options(False)  # see the module docstring
         credentials(task, mlflow=mlflow)
-        kubernetes.set_timeout(task, int(LONGEST_TASK_S[name] * settings.task_deadline_scale))
+        kubernetes.set_timeout(task, deadline(name))
 
     def retry(task: dsl.PipelineTask, retries: int, backoff_s: int) -> None:
         if not settings.retries or not retries:
@@ -190,6 +193,8 @@ def build_pipeline(settings: CompileSettings) -> Any:
                 task.set_env_variable("FA_TRAINER_RELEASE", settings.trainer_release)
             for env, field in POD_FIELD_ENV.items():
                 kubernetes.use_field_path_as_env(task, env, field)
+            # The launcher gives the job its own pod's deadline (less a margin to delete it).
+            task.set_env_variable("FA_TASK_DEADLINE_S", str(deadline(name)))
         else:
             on_gpu(task, settings.gpus_per_step)
 

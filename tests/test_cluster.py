@@ -904,3 +904,74 @@ def test_no_cluster_configuration_is_explained(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     with pytest.raises(RuntimeError, match=r"no Kubernetes API configuration.*KUBECONFIG"):
         launch_and_wait(render("trainjob"), timeout_s=1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "release"), [("trainjob", "2.1"), ("trainjob", "2.3"), ("pytorchjob", "2.3")]
+)
+def test_a_launchers_job_is_its_pods_and_has_a_deadline(kind: str, release: str) -> None:
+    """Deleting the launcher pod deletes the job (Kubernetes garbage collection of dependents
+    whose ownerReferences name it, same namespace); the job also ends at its deadline where the
+    API has one (Trainer v2.2+: trainjob_types.go ActiveDeadlineSeconds; PyTorchJob:
+    runPolicy.activeDeadlineSeconds; Trainer v2.1 has none)."""
+    job = render(
+        kind,
+        trainer_release=release,
+        owner={"name": "launcher-pod", "uid": "u-1"},
+        deadline_s=3600,
+    )
+    (ref,) = job["metadata"]["ownerReferences"]
+    assert ref == {"apiVersion": "v1", "kind": "Pod", "name": "launcher-pod", "uid": "u-1"}
+    if kind == "pytorchjob":
+        assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 3600
+    else:
+        assert job["spec"].get("activeDeadlineSeconds") == (None if release == "2.1" else 3600)
+
+
+def test_tags_are_pulled_again_digests_are_not() -> None:
+    pod = render("pytorchjob")["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["containers"][0]["imagePullPolicy"] == "Always"
+    pinned = "registry.example.com/fashion-attr@sha256:" + "cd" * 32
+    job = render("pytorchjob", image=pinned)
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    assert (
+        pod["containers"][0]["image"]
+        == pinned
+        == render("trainjob", image=pinned)["spec"]["trainer"]["image"]
+    )
+
+
+def test_the_launcher_pod_owns_the_job_only_in_its_own_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fashion_attr.cluster.submit import launcher_pod
+
+    monkeypatch.setenv("FA_POD_NAME", "p")
+    monkeypatch.setenv("FA_POD_UID", "u")
+    monkeypatch.setenv("FA_POD_NAMESPACE", NS)
+    assert launcher_pod(NS) == {"name": "p", "uid": "u"}
+    assert launcher_pod("team-b") is None  # an ownerReference cannot cross namespaces
+    monkeypatch.delenv("FA_POD_UID")
+    assert launcher_pod(NS) is None  # not in a pipeline pod
+
+
+def test_sigterm_deletes_the_job_the_launcher_waits_for(
+    monkeypatch: pytest.MonkeyPatch, no_release_env: None
+) -> None:
+    """A cancelled run (Argo sends SIGTERM to the launcher: workflow/signal/signal.go) must not
+    leave GPU nodes training: the launcher deletes its job before it exits."""
+    monkeypatch.setenv("FA_TRAINER_RELEASE", "2.3")
+
+    class Interrupted(FakeCustomObjects):
+        def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+            obj = super().get_namespaced_custom_object(*args)
+            if self.count("get") >= 3:
+                raise KeyboardInterrupt  # what task_attempt's SIGTERM handler raises
+            return obj
+
+    api = Interrupted([{}, RUNNING, RUNNING, RUNNING])
+    with pytest.raises(KeyboardInterrupt):
+        run_gan(api)
+    assert api.count("create") == 1 and api.count("delete") == 1
+    assert api.objects == {}

@@ -476,12 +476,6 @@ def training_pod_metadata() -> dict[str, dict[str, Any]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending in the launcher (components/fashion_attr/cluster/jobs.py): the pod "
-    'templates it submits need the label sidecar.istio.io/inject: "false"; when '
-    "k8s/training/*.yaml carry it, remove this marker",
-)
 def test_training_pods_run_without_a_sidecar() -> None:
     """Kubeflow Trainer v2.1-v2.3 does nothing about Istio; the Training Operator v1 docs
     require PyTorchJob pods in a user namespace to opt out of injection (a sidecar keeps the
@@ -493,7 +487,7 @@ def test_training_pods_run_without_a_sidecar() -> None:
 
 
 def test_training_pod_metadata_is_found() -> None:
-    """The xfail above fails for the missing label, not for a missing template."""
+    """The test above checks real templates: one per release and PyTorchJob role."""
     metadata = training_pod_metadata()
     assert len(metadata) == 4
     for name, meta in metadata.items():

@@ -56,7 +56,15 @@ STEP_ARGS = [
 ]
 # Root metadata is ObjectMeta, which a CRD schema only calls `type: object`: the fields a
 # client may set on create.
-OBJECT_META = {"name", "generateName", "namespace", "labels", "annotations", "finalizers"}
+OBJECT_META = {
+    "name",
+    "generateName",
+    "namespace",
+    "labels",
+    "annotations",
+    "finalizers",
+    "ownerReferences",
+}
 
 
 def _pyproject_pin(package: str) -> str:
@@ -88,6 +96,13 @@ def variants(kind: str, release: str = "2.3") -> dict[str, dict[str, Any]]:
             "service_account": "trainer-sa",
         },
         "no-selector": {"node_selector": {}},
+        # A launcher in a pipeline pod: the job is the pod's (garbage-collected with it),
+        # with a deadline where the API has one (Trainer v2.2+, PyTorchJob runPolicy).
+        "owned-with-deadline": {
+            "owner": {"name": "fa-run-abc-system-container-impl-1", "uid": "0b1c-22"},
+            "deadline_s": 86100,
+            "image": "registry.example.com/fashion-attr@sha256:" + "ab" * 32,
+        },
     }
     jobs = {}
     for label, change in changes.items():
@@ -297,7 +312,7 @@ def test_trainjob_round_trips_through_its_release_models(
 ) -> None:
     jobs = trainer_reports(release)["jobs"]
     mine = {label: r for label, r in jobs.items() if label.startswith(f"trainjob-{release}-")}
-    assert len(mine) == 4
+    assert len(mine) == 5
     for label, result in mine.items():
         assert result["unknown"] == [], f"{label}: fields the v{release} models lack"
         assert result["round_trip_equal"], f"{label}: dict -> model -> dict changed it"

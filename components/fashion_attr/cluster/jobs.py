@@ -45,6 +45,7 @@ __all__ = [
     "KINDS",
     "MAX_NAME_LENGTH",
     "POD_LABELS",
+    "POD_ONLY_LABELS",
     "RENDERERS",
     "STEPS",
     "TRAINING_SERVICE_ACCOUNT",
@@ -79,6 +80,11 @@ PART_OF = {"app.kubernetes.io/part-of": "fashion-attr-pipeline"}
 
 #: Labels of every training pod: the NetworkPolicies training-peers and pipeline-egress.
 POD_LABELS = {**PART_OF, "app.kubernetes.io/component": "training"}
+#: Only on the pods: no Istio sidecar. A sidecar keeps a finished pod running and sits in
+#: the rendezvous' way (the Training Operator's docs ask for this label in a user
+#: namespace); Istio's injector skips pods with the label (pkg/kube/inject/inject.go
+#: injectRequired), and the label wins over the older annotation.
+POD_ONLY_LABELS = {"sidecar.istio.io/inject": "false"}
 
 
 #: Longest accepted job name. Pod and Service names append ``-node-0-<i>`` (TrainJob) or
@@ -91,6 +97,7 @@ MAX_TRAINER_ARGS = 128
 
 
 # RFC 1035 label: the TrainJob webhook requires it (stricter than a DNS-1123 label).
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -307,11 +314,15 @@ def _trainjob(
     image: str,
     node_selector: Mapping[str, str],
     service_account: str,
+    deadline_s: int | None = None,
 ) -> dict[str, Any]:
     """A TrainJob made of ``kubeflow_trainer_api`` models, its pod settings in ``pod_field``.
 
     ``pod_field`` is ``runtimePatches`` (Trainer v2.2, v2.3) or ``podTemplateOverrides``
-    (Trainer v2.1), see :data:`RENDERERS`.
+    (Trainer v2.1), see :data:`RENDERERS`. ``deadline_s`` becomes ``spec.activeDeadlineSeconds``
+    where the release has it (v2.2 and later: pkg/apis/trainer/v1alpha1/trainjob_types.go;
+    the controller fails the TrainJob and deletes its JobSet when it passes); v2.1 has no
+    deadline field, and its jobs rely on the launcher and their ownerReference.
     """
     from kubeflow_trainer_api import models as m
 
@@ -349,7 +360,9 @@ def _trainjob(
     )
     # The per-pod settings. Trainer v2.2+ merges them (strategic merge) into the runtime's
     # pod template; v2.1 takes the same fields in its PodTemplateSpecOverride.
-    pod_metadata = m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=dict(POD_LABELS))
+    pod_metadata = m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+        labels={**POD_LABELS, **POD_ONLY_LABELS}
+    )
     pod_spec = m.TrainerV1alpha1PodSpecPatch(
         service_account_name=service_account,
         node_selector=dict(node_selector) or None,
@@ -392,8 +405,16 @@ def _trainjob(
     job = m.TrainerV1alpha1TrainJob(
         api_version=f"{api.group}/{api.version}",
         kind=api.kind,
-        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(**metadata),
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            **{k: v for k, v in metadata.items() if k != "owner_references"},
+            owner_references=[
+                m.IoK8sApimachineryPkgApisMetaV1OwnerReference(**ref)
+                for ref in metadata.get("owner_references", [])
+            ]
+            or None,
+        ),
         spec=m.TrainerV1alpha1TrainJobSpec(
+            active_deadline_seconds=deadline_s if pod_field == "runtimePatches" else None,
             runtime_ref=m.TrainerV1alpha1RuntimeRef(
                 api_group=api.group, kind="ClusterTrainingRuntime", name=_RUNTIME
             ),
@@ -431,8 +452,13 @@ def _pytorchjob(
     image: str,
     node_selector: Mapping[str, str],
     service_account: str,
+    deadline_s: int | None = None,
 ) -> dict[str, Any]:
-    """A PyTorchJob made of ``kubeflow-training`` models (pods: ``kubernetes`` client models)."""
+    """A PyTorchJob made of ``kubeflow-training`` models (pods: ``kubernetes`` client models).
+
+    ``deadline_s`` becomes ``runPolicy.activeDeadlineSeconds`` (the operator deletes the
+    pods and fails the job when it passes: pkg/controller.v1/common/job.go @v1.9.0).
+    """
     from kubeflow.training import models as kt
     from kubernetes import client as k
 
@@ -441,7 +467,8 @@ def _pytorchjob(
         container = k.V1Container(
             name=_PYTORCH_CONTAINER,
             image=image,
-            image_pull_policy="Always",
+            # A digest names one image for good; a tag may move, so every pod pulls it again.
+            image_pull_policy="IfNotPresent" if _DIGEST.search(image) else "Always",
             command=["torchrun"],
             args=list(trainer_args),
             ports=[
@@ -502,7 +529,8 @@ def _pytorchjob(
                 k.V1Volume(name="home", empty_dir=k.V1EmptyDirVolumeSource(size_limit="1Gi")),
             ],
         )
-        return k.V1PodTemplateSpec(metadata=k.V1ObjectMeta(labels=dict(POD_LABELS)), spec=spec)
+        labels = {**POD_LABELS, **POD_ONLY_LABELS}
+        return k.V1PodTemplateSpec(metadata=k.V1ObjectMeta(labels=labels), spec=spec)
 
     def replica(count: int) -> Any:
         return kt.KubeflowOrgV1ReplicaSpec(
@@ -516,9 +544,16 @@ def _pytorchjob(
     job = kt.KubeflowOrgV1PyTorchJob(
         api_version=f"{api.group}/{api.version}",
         kind=api.kind,
-        metadata=k.V1ObjectMeta(**metadata),
+        metadata=k.V1ObjectMeta(
+            **{key: v for key, v in metadata.items() if key != "owner_references"},
+            owner_references=[
+                k.V1OwnerReference(**ref) for ref in metadata.get("owner_references", [])
+            ]
+            or None,
+        ),
         spec=kt.KubeflowOrgV1PyTorchJobSpec(
             run_policy=kt.KubeflowOrgV1RunPolicy(
+                active_deadline_seconds=deadline_s,
                 clean_pod_policy=_RUN_POLICY["cleanPodPolicy"],
                 backoff_limit=_RUN_POLICY["backoffLimit"],
                 ttl_seconds_after_finished=_RUN_POLICY["ttlSecondsAfterFinished"],
@@ -551,6 +586,8 @@ def render_job(
     node_selector: Mapping[str, str] | None = None,
     service_account: str = TRAINING_SERVICE_ACCOUNT,
     trainer_release: TrainerRelease = "2.3",
+    owner: Mapping[str, str] | None = None,
+    deadline_s: int | None = None,
 ) -> dict[str, Any]:
     """Build the TrainJob or PyTorchJob for one training step with the upstream API models.
 
@@ -583,6 +620,10 @@ def render_job(
             TrainJob: ``"2.1"`` (``spec.podTemplateOverrides``), ``"2.2"`` or ``"2.3"``
             (``spec.runtimePatches``, the default: the pinned models' API). Ignored for a
             PyTorchJob. :func:`run_step_on_cluster` finds it out.
+        owner: the launcher pod (``name``, ``uid``, in ``namespace``): the job gets an
+            ownerReference to it, so Kubernetes' garbage collector deletes the job (and its
+            pods) when the pod is deleted, e.g. with a cancelled run's workflow.
+        deadline_s: the longest the job may run (where the API has a deadline field).
 
     Returns:
         The job as a JSON-ready dict (camelCase keys), ready for ``launch_and_wait``.
@@ -604,7 +645,7 @@ def render_job(
         service_account,
         trainer_release,
     )
-    metadata = {
+    metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "labels": {
@@ -613,8 +654,15 @@ def render_job(
             "app.kubernetes.io/instance": name,
         },
     }
+    if owner is not None:
+        # Not blockOwnerDeletion: that would need "delete" on the owner (API docs); the
+        # garbage collector deletes dependents without it.
+        metadata["owner_references"] = [
+            {"api_version": "v1", "kind": "Pod", "name": owner["name"], "uid": owner["uid"]}
+        ]
     placement: dict[str, Any] = {
         "metadata": metadata,
+        "deadline_s": deadline_s,
         "nodes": nodes,
         "gpus": gpus_per_node,
         "image": image,

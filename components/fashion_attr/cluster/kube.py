@@ -166,7 +166,7 @@ def check_secrets(core_api: Any, job: Mapping[str, Any], namespace: str) -> None
                 raise RuntimeError(
                     f"the launcher may not read Secret {secret} in namespace {namespace}. Fix: "
                     "run the pipeline with service_account='pipeline-runner' and apply the "
-                    "Role in k8s/base/rbac.yaml"
+                    "Role in k8s/pipeline/rbac.yaml"
                 ) from exc
             raise
     if missing:

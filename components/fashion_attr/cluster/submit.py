@@ -49,6 +49,7 @@ __all__ = [
     "JobResult",
     "attach_or_submit",
     "launch_and_wait",
+    "launcher_pod",
     "run_step_on_cluster",
     "wait_for_job",
 ]
@@ -400,5 +401,42 @@ def run_step_on_cluster(
         name=job_name_for(step, key),
         node_selector=node_selector,
         trainer_release=release,
+        owner=launcher_pod(namespace),
+        deadline_s=int(timeout_s),
     )
-    return launch_and_wait(job, api=api, core_api=core_api, timeout_s=timeout_s, poll_s=poll_s)
+    try:
+        return launch_and_wait(job, api=api, core_api=core_api, timeout_s=timeout_s, poll_s=poll_s)
+    except KeyboardInterrupt:
+        # SIGTERM (a cancelled run, the task's deadline, a drained node) or Ctrl-C: the
+        # GPUs must not keep training for a run nobody waits for. Argo sends SIGTERM and
+        # kills 30 s later (pod terminationGracePeriodSeconds): one delete call fits.
+        _, spec = api_of(job)
+        name = job["metadata"]["name"]
+        logger.warning("stopping: deleting %s %s/%s", spec.kind, namespace, name)
+        try:
+            delete_job(api if api is not None else default_api(), spec, namespace, name)
+        except Exception as exc:  # the ownerReference is the backstop
+            logger.error("could not delete %s %s: %s (its ownerReference still ties it to "
+                         "this pod)", spec.kind, name, exc)  # fmt: skip
+        raise
+
+
+def launcher_pod(namespace: str) -> dict[str, str] | None:
+    """This launcher pod's name and uid (downward API: ``FA_POD_NAME``/``FA_POD_UID``).
+
+    None outside a pipeline pod, or when the job goes to another namespace than the pod's
+    (an ownerReference cannot cross namespaces: Kubernetes would delete the job at once).
+    """
+    name, uid = os.environ.get("FA_POD_NAME"), os.environ.get("FA_POD_UID")
+    pod_namespace = os.environ.get("FA_POD_NAMESPACE") or in_cluster_namespace("")
+    if not name or not uid:
+        return None
+    if pod_namespace != namespace:
+        logger.warning(
+            "the job goes to namespace %s, the launcher pod runs in %s: no ownerReference "
+            "(it cannot cross namespaces); a cancelled run's job is deleted on SIGTERM only",
+            namespace,
+            pod_namespace,
+        )
+        return None
+    return {"name": name, "uid": uid}

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -239,8 +240,16 @@ def _on_cluster(
     placement: Placement,
     inputs: Mapping[str, Any],
 ) -> None:
-    argv = _argv(data, out, _write_config(cfg, out), inputs)
+    # Every pod checks CUDA before any work: nothing trains on the CPU by accident.
+    argv = [
+        *_argv(data, out, _write_config(cfg, out), inputs),
+        "--require-gpus",
+        str(placement.gpus),
+    ]
     clear_error(out)
+    # The job may run as long as this launcher's own pod (its deadline, FA_TASK_DEADLINE_S,
+    # set at compile time), less a margin to delete the job before the pod is killed.
+    deadline = float(os.environ.get("FA_TASK_DEADLINE_S", str(48 * 3600)))
     try:
         cluster.run_step_on_cluster(
             step,
@@ -250,6 +259,7 @@ def _on_cluster(
             gpus_per_node=placement.gpus,
             image=placement.image,
             kind=placement.job_kind,
+            timeout_s=max(deadline - 300, 60),
         )
     except RuntimeError as exc:
         failure = _failure(step, out, str(exc))
