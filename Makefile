@@ -7,14 +7,44 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNNER ?= subprocess
-# The project image, tagged locally; `make image PUSH=1 IMAGE=registry/name:tag` also pushes.
-IMAGE ?= fashion-attr:0.1.0
+# The one version source: fashion_attr.__version__ (the image tag and the code version).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' components/fashion_attr/__init__.py)
+# The project image, tagged locally; `make image PUSH=1 IMAGE=registry/name:tag` also pushes
+# and records the pushed digest in build/image.json, which `make compile` uses.
+IMAGE ?= fashion-attr:$(VERSION)
 # Empty: the Dockerfile's default base (python:3.11-slim-trixie). Behind an air gap, your mirror's
 # copy; on a machine with no registry at all, the local test base of scripts/container-engine.sh.
 BASE_IMAGE ?=
 PUSH ?= 0
 ENGINE := bash scripts/container-engine.sh
 PYTEST_ARGS ?=
+# make compile TARGET=cluster refuses an image that is not pinned by digest.
+TARGET ?= local
+# make run: the pipeline's own inputs (empty: run_local's defaults; see its --help).
+SOURCE ?=
+BATCH ?=
+BASE ?=
+SEED ?=
+PRESET ?=
+WORKDIR ?=
+IMAGES ?=
+GAN_OVERRIDES ?=
+CLASSIFIER_OVERRIDES ?=
+RUN_ARGS = $(if $(SOURCE),--source "$(SOURCE)") $(if $(BATCH),--batch "$(BATCH)") \
+	$(if $(BASE),--base "$(BASE)") $(if $(SEED),--seed $(SEED)) $(if $(PRESET),--preset $(PRESET)) \
+	$(if $(WORKDIR),--workdir "$(WORKDIR)") $(if $(IMAGES),--images $(IMAGES)) \
+	$(if $(GAN_OVERRIDES),--gan-overrides "$(GAN_OVERRIDES)") \
+	$(if $(CLASSIFIER_OVERRIDES),--classifier-overrides "$(CLASSIFIER_OVERRIDES)")
+# Every variable a target reads; one given on the command line that is not here is a typo
+# (make would ignore it and, say, start a full run): refuse it.
+KNOWN_VARS := PYTHON VENV RUNNER IMAGE BASE_IMAGE PUSH PYTEST_ARGS TEST_WORKERS MODEL PORT \
+	MLFLOW_DB TARGET SOURCE BATCH BASE SEED PRESET WORKDIR IMAGES GAN_OVERRIDES \
+	CLASSIFIER_OVERRIDES PHOTO BBOX CI
+GIVEN_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
+UNKNOWN_VARS := $(filter-out $(KNOWN_VARS),$(GIVEN_VARS))
+ifneq ($(UNKNOWN_VARS),)
+$(error unknown variable(s) $(UNKNOWN_VARS). Known: $(KNOWN_VARS); `make help` lists the targets and `.venv/bin/python -m pipelines.run_local --help` the run options)
+endif
 # Test files run on this many pytest-xdist workers (one file stays on one worker, so a
 # module's MLflow server or trained model is built once); TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
@@ -63,21 +93,29 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-run: $(STAMP) ## Run the whole pipeline locally on the embedded demo data (RUNNER=subprocess|docker)
-	$(PY) -m pipelines.run_local --runner $(RUNNER) --image $(IMAGE)
+run: $(STAMP) ## Run the pipeline locally (SOURCE= BATCH= BASE= SEED= PRESET= WORKDIR= ..., RUNNER=docker)
+	$(PY) -m pipelines.run_local --runner $(RUNNER) --image $(IMAGE) $(RUN_ARGS)
 
-compile: $(STAMP) ## Compile the KFP pipeline to build/fashion-attr-retraining.yaml
-	$(PY) -m pipelines.retraining --output build/fashion-attr-retraining.yaml
+compile: $(STAMP) ## Compile the pipeline to build/fashion-attr-retraining.yaml (TARGET=cluster)
+	$(PY) -m pipelines.retraining --output build/fashion-attr-retraining.yaml --target $(TARGET)
 
-image: ## Build the project image with BuildKit (IMAGE=name:tag, BASE_IMAGE=..., PUSH=1 pushes)
+image: ## Build the image (IMAGE=name:tag, BASE_IMAGE=..., PUSH=1 pushes and records the digest)
 	DOCKER_BUILDKIT=1 "$$($(ENGINE) docker)" build --network host -f docker/Dockerfile \
+		--build-arg VERSION=$(VERSION) \
 		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) .
-	@if [ "$(PUSH)" = 1 ]; then "$$($(ENGINE) docker)" push $(IMAGE); \
-	else echo "built $(IMAGE) (local only; PUSH=1 pushes it)"; fi
+	@mkdir -p build; docker="$$($(ENGINE) docker)"; pinned=""; \
+	if [ "$(PUSH)" = 1 ]; then "$$docker" push $(IMAGE) && \
+		pinned=$$("$$docker" inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' $(IMAGE) \
+			| grep -m1 "^$$(echo '$(IMAGE)' | sed 's/:[^:/]*$$//')@"); fi; \
+	id=$$("$$docker" inspect --format '{{.Id}}' $(IMAGE)); \
+	printf '{"image": "%s", "id": "%s", "pinned": "%s"}\n' '$(IMAGE)' "$$id" "$$pinned" > build/image.json; \
+	if [ -n "$$pinned" ]; then echo "pushed $$pinned (build/image.json; make compile TARGET=cluster uses it)"; \
+	else echo "built $(IMAGE) (local only, recorded in build/image.json; PUSH=1 pushes it and records its digest)"; fi
 
 serve: $(STAMP) ## Serve the champion of `make run` (MODEL=..., PORT=5001) with MLflow
 	@test -f $(MLFLOW_DB) || { echo "no $(MLFLOW_DB): run 'make run' first"; exit 2; }
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(MLFLOW_DB) \
+		MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false GIT_PYTHON_REFRESH=quiet \
 		$(PY) -m mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
 		--host 127.0.0.1 --port $(PORT)
 

@@ -4,13 +4,14 @@
 # DockerRunner, serving the champion from the image). Starts a Docker engine if none answers
 # (scripts/container-engine.sh; root, no bridge network) and stops the one it started at the
 # end. An engine that cannot start is a failure with its log named, never a silent skip.
-#   IMAGE       the tag to build and test (default fashion-attr:0.1.0)
+#   IMAGE       the tag to build and test (default fashion-attr:<fashion_attr.__version__>)
 #   BASE_IMAGE  the base to build on (default: the local test base the script builds, since no
 #               registry is reachable here; set it to your registry's python:3.11-slim-trixie)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine="bash scripts/container-engine.sh"
-image=${IMAGE:-fashion-attr:0.1.0}
+version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' components/fashion_attr/__init__.py)
+image=${IMAGE:-fashion-attr:$version}
 started=0
 
 client=$($engine docker)

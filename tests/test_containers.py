@@ -16,11 +16,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import fashion_attr
 import pytest
 from conftest import CANARY, LocalPipeline, run_local_pipeline
 
 pytestmark = pytest.mark.containers
-IMAGE = os.environ.get("FA_TEST_IMAGE", "fashion-attr:0.1.0")
+IMAGE = os.environ.get("FA_TEST_IMAGE", f"fashion-attr:{fashion_attr.__version__}")
 
 
 def _docker() -> str:

@@ -275,8 +275,11 @@ def test_runtime_environment() -> None:
     assert "HEALTHCHECK" in keywords
     assert ("WORKDIR", "/app") in [(kw, args) for kw, args, _ in runtime]
     labels = " ".join(args for kw, args, _ in runtime if kw == "LABEL")
-    version = pyproject()["project"]["version"]
-    assert f'org.opencontainers.image.version="{version}"' in labels
+    # One version source: the label takes the VERSION make image passes (the package's).
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+    assert pyproject()["project"]["dynamic"] == ["version"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--build-arg VERSION=$(VERSION)" in makefile
     # KFP v2's launcher stages artifacts under these root paths: they must be writable.
     run = " ".join(args for kw, args, _ in runtime if kw == "RUN")
     for path in ("/gcs", "/minio", "/s3"):
