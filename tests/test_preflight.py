@@ -126,3 +126,44 @@ def test_make_run_refuses_a_typo_before_submitting(tmp_path: Path) -> None:
     assert "epochz" in proc.stderr and "Fix" in proc.stderr
     assert not (tmp_path / "work" / "kfp").exists()  # nothing was submitted
     assert time.monotonic() - start < 60
+
+
+def test_a_paper_preset_without_its_weights_fails_validation_in_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not hours later at the classifier's first step, after ingest and GAN training."""
+    from fashion_attr.classifier.model import PretrainedWeightsError, check_pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    start = time.monotonic()
+    with pytest.raises(PreflightError, match="pretrained") as info:
+        check_pipeline_inputs(
+            source_uri="demo://?images=40", storage_uri=str(tmp_path), preset="paper", mlflow=False
+        )
+    assert "vgg16-397923af.pth" in str(info.value) and "pretrained=null" in str(info.value)
+    assert time.monotonic() - start < 30
+    # A weights file that is there passes; one that is not a torch file is named.
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    assert str(cached) in check_pretrained("vgg16_paper", "imagenet")
+    bogus = tmp_path / "weights.pth"
+    bogus.write_text("not weights")
+    with pytest.raises(PretrainedWeightsError, match=r"not a file torch\.save wrote"):
+        check_pretrained("vgg16_paper", str(bogus))
+    assert check_pretrained("tiny", None) == "no pretrained weights"
+
+
+def test_the_preflight_cli_checks_a_full_parameter_set(tmp_path: Path) -> None:
+    """The validation task's checks as their own command (not a no-op that exits 0)."""
+    from fashion_attr.orchestration.preflight import main
+
+    with pytest.raises(SystemExit) as helped:
+        main(["--help"])
+    assert helped.value.code == 0
+    base = ["--storage-uri", str(tmp_path), "--source-uri", "demo://?images=40", "--no-mlflow"]
+    assert main([*base, "--preset", "tiny"]) == 0
+    assert main([*base, "--preset", "tiny", "--classifier-overrides", "epochz=1"]) == 2
+    with pytest.raises(SystemExit) as bad:
+        main([*base, "--preset", "papr"])
+    assert bad.value.code == 2

@@ -40,10 +40,12 @@ __all__ = [
     "AttributeClassifier",
     "ClassifierArch",
     "LeNet5Classifier",
+    "PretrainedWeightsError",
     "ResNet50Classifier",
     "TinyClassifier",
     "VGG16PaperClassifier",
     "build_classifier",
+    "check_pretrained",
 ]
 
 logger = logging.getLogger(__name__)
@@ -356,6 +358,67 @@ def _load_trunk(model: AttributeClassifier, state: Mapping[str, Tensor], source:
 
 class PretrainedWeightsError(ValueError):
     """The pretrained weights a config asks for cannot be loaded (a user error: exit 2)."""
+
+
+#: What a torch.save file starts with: a zip archive (torch >= 1.6) or a legacy pickle.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x04", b"\x80\x05")
+
+
+def check_pretrained(arch: str, pretrained: str | None, *, timeout_s: float = 3.0) -> str:
+    """Whether the weights ``pretrained`` names can be had, in seconds, without loading them.
+
+    The pipeline's validation task calls it so that a ``paper`` run without its weights
+    fails before ingest and GAN training (hours), not at the classifier's first step.
+
+    Args:
+        arch: the classifier architecture.
+        pretrained: ``"imagenet"``, a weights file, or None.
+        timeout_s: how long to try torchvision's download URL when the weights are not in
+            ``$TORCH_HOME/hub/checkpoints``.
+
+    Returns:
+        Where the weights will come from, for the log.
+
+    Raises:
+        PretrainedWeightsError: they cannot be had (names the file or URL and the fix).
+    """
+    if not pretrained or arch not in ("vgg16_paper", "resnet50"):
+        return "no pretrained weights"
+    if pretrained != "imagenet":
+        path = Path(pretrained)
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(4)
+        except OSError as exc:
+            raise PretrainedWeightsError(
+                f"pretrained={pretrained!r}: {exc.strerror or exc}. Fix: pass the path of a "
+                "torchvision state dict (.pth) baked into the image or mounted in the pod, "
+                "'imagenet', or null to train from scratch on purpose"
+            ) from None
+        if not head.startswith(_TORCH_MAGIC):
+            raise PretrainedWeightsError(
+                f"pretrained={pretrained!r} is not a file torch.save wrote (it starts with "
+                f"{head!r}). Fix: save model.state_dict() with torch.save"
+            )
+        return f"file {pretrained}"
+    weights = _torchvision_weights(arch)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.is_file() and cached.stat().st_size > 0:
+        return f"'imagenet' from {cached}"
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(weights.url, method="HEAD"), timeout=timeout_s
+        ).close()
+    except Exception as exc:
+        raise PretrainedWeightsError(
+            f"pretrained='imagenet' for {arch}: {cached} does not exist and {weights.url} cannot "
+            f"be reached ({type(exc).__name__}). Fix: bake the weights into the image "
+            f"(weights/{cached.name}, docker/Dockerfile) or set pretrained=/path/to/"
+            f"{cached.name}, or train from scratch on purpose with pretrained=null"
+        ) from None
+    return f"'imagenet', downloaded from {weights.url} at training"
 
 
 def _load_pretrained(model: AttributeClassifier, pretrained: str) -> None:

@@ -106,6 +106,8 @@ def validation(*, storage_uri: str, pipeline_run: str, **params: Any) -> list[in
         params["gate_metrics"] = names(params["gate_metrics"])
         inputs = {k: optional(v) for k, v in params.items()}
         checked = check_pipeline_inputs(storage_uri=storage_uri, **inputs)
+        for note in checked.notes:
+            print(f"validation: {note}")
         print(f"validation: every input checks out; ingest in {len(checked.parts)} part(s)")
         return checked.parts
 
