@@ -6,7 +6,8 @@ A module imports only from its own floor or below, never back up a floor:
 floor   packages and modules of ``fashion_attr``
 ======  ==============================================================================
 1       ``losses``, ``hardness``, ``storage``, ``runtime``, ``progress``,
-        ``credentials``, ``cluster`` (Kubernetes calls only), ``config``, ``results``
+        ``credentials``, ``endpoints``, ``cluster`` (Kubernetes calls only), ``config``,
+        ``results``
 2       ``data``, ``checkpoint``, ``tracking``, ``demo``
 3       ``evaluation``, ``training``, ``gan``, ``classifier``
 4       ``registry``
@@ -40,6 +41,7 @@ FLOORS: dict[str, int] = {
             "runtime",
             "progress",
             "credentials",
+            "endpoints",
             "cluster",
             "config",
             "results",
