@@ -10,9 +10,11 @@ does the rest, identically for both:
 - **checkpoints** every ``checkpoint_every`` steps and at each epoch end,
   written atomically by rank 0 with every rank's loader position and RNG
   states; the previous checkpoint is kept as ``checkpoint.prev.pt``;
-- **exact resume** from ``checkpoint.pt`` (or, if that file is corrupt, from
+- **exact resume** from ``checkpoint.pt`` (or, if that file is unreadable, from
   ``checkpoint.prev.pt``); a resumed run ends bitwise equal to an
-  uninterrupted one on CPU;
+  uninterrupted one on CPU; with neither readable the step stops (exit 2) naming
+  both files, what is wrong with each and the fix (``--no-resume``);
+- **the MLflow run ends** FAILED when the loop fails, KILLED when it is interrupted;
 - **the non-finite guard**: every step's terms are recorded on the device
   (no host sync) and checked at every log, checkpoint and epoch end, so
   nothing is ever checkpointed or exported from weights that saw a NaN;
@@ -28,9 +30,10 @@ does the rest, identically for both:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,7 +55,7 @@ from fashion_attr.checkpoint import (
 )
 from fashion_attr.progress import Progress
 from fashion_attr.runtime import DistContext, FiniteGuard, iter_keeping_rng
-from fashion_attr.tracking import Tracker
+from fashion_attr.tracking import Tracker, run_status_for
 
 __all__ = [
     "PREVIOUS_CHECKPOINT_NAME",
@@ -270,9 +273,19 @@ class ResumableLoop:
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
         if resume:
-            self._resume()
+            with self._ending_run_on_failure():
+                self._resume()
         if self.resumed_from is not None:
             self._continue_log()
+
+    @contextlib.contextmanager
+    def _ending_run_on_failure(self) -> Iterator[None]:
+        """A failure ends the step's MLflow run FAILED (KILLED when interrupted), not RUNNING."""
+        try:
+            yield
+        except BaseException as exc:
+            self.tracker.close(run_status_for(exc))
+            raise
 
     # -- checkpoints ---------------------------------------------------------------------
     @property
@@ -396,10 +409,16 @@ class ResumableLoop:
     def run(self) -> LoopResult:
         """Train until the schedule is done; returns where it stopped.
 
+        A failure or an interrupt ends the step's MLflow run (FAILED, KILLED) and is raised.
+
         Raises:
             NonFiniteLossError: a loss turned NaN/Inf (names the first bad step and terms).
             ValueError: the train split has fewer samples than one batch per rank.
         """
+        with self._ending_run_on_failure():
+            return self._run()
+
+    def _run(self) -> LoopResult:
         sched, ctx = self.schedule, self.ctx
         total: int | None = None
         per_epoch = 0

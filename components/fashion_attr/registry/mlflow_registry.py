@@ -10,7 +10,7 @@
    with the metrics recorded on it. A different ``model.pt`` (sha256 tag) under the
    same pipeline run id is refused (``ValueError``).
 3. Otherwise open the step's MLflow run (nested under the pipeline's parent run,
-   :func:`fashion_attr.tracking.pipeline_parent_run`, shared with the trainers' tracker), log the
+   :func:`fashion_attr.tracking.start_step_run`, as every step's run), log the
    resolved config, the metrics and the reports, log the pyfunc model and register
    it as a new version created WITH its tags (pipeline run, model sha256, dataset
    and code version, every finite metric as ``metric.<name>``), so a crash cannot
@@ -55,6 +55,7 @@ from mlflow.tracking import MlflowClient
 from fashion_attr import storage
 from fashion_attr.config import RegisterConfig, config_to_dict
 from fashion_attr.credentials import adopt_uri_credentials, redact_params, safe_uri
+from fashion_attr.endpoints import check_mlflow, prepare_mlflow_client
 from fashion_attr.evaluation.report import read_metrics_json
 from fashion_attr.registry.gate import (
     Decision,
@@ -65,7 +66,13 @@ from fashion_attr.registry.gate import (
     render_markdown,
     validate_gated_metrics,
 )
-from fashion_attr.tracking import PIPELINE_RUN_TAG, flatten, pipeline_parent_run
+from fashion_attr.tracking import (
+    PIPELINE_RUN_TAG,
+    experiment_id,
+    flatten,
+    guarded_run,
+    start_step_run,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -87,7 +94,6 @@ METRIC_TAG_PREFIX = "metric."
 SHA_TAG = "fashion_attr.model_sha256"
 DATASET_TAG = "dataset_version"
 CODE_TAG = "code_version"
-_DEFAULT_EXPERIMENT = "fashion-attr"
 _MODEL_DESCRIPTION = (
     "Fashion attribute classifier (Ye et al., HABP + Deact) registered by the fashion_attr "
     "retraining pipeline. Alias 'champion' is the served model; 'challenger' is the latest "
@@ -268,21 +274,6 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
                 raise
 
 
-def _experiment_id(client: MlflowClient) -> str:
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", _DEFAULT_EXPERIMENT)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        exp = client.get_experiment_by_name(name)
-        assert exp is not None
-        return exp.experiment_id
-
-
 def _local_file(uri: str, workdir: Path) -> str:
     if not storage.is_s3(uri):
         if not Path(uri).is_file():
@@ -308,21 +299,20 @@ def _log_and_register(
 ) -> tuple[ModelVersion, str]:
     from fashion_attr.registry.pyfunc import log_pyfunc_model
 
-    experiment_id = _experiment_id(client)
-    parent_id = pipeline_parent_run(client, experiment_id, pipeline_run_id)
-    run = client.create_run(
-        experiment_id,
-        run_name="register",
-        tags={
-            "mlflow.parentRunId": parent_id,
-            PIPELINE_RUN_TAG: pipeline_run_id,
-            "fashion_attr.step": "register",
-            DATASET_TAG: version_tags[DATASET_TAG],
-            CODE_TAG: version_tags[CODE_TAG],
-        },
+    run = start_step_run(
+        client,
+        "register",
+        pipeline_run=pipeline_run_id,
+        experiment=experiment_id(client),
+        tags={DATASET_TAG: version_tags[DATASET_TAG], CODE_TAG: version_tags[CODE_TAG]},
     )
     run_id = run.info.run_id
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+    # The fluent run (log_model needs it) ends FINISHED or FAILED; the guard ends it KILLED
+    # on Ctrl-C or SIGTERM.
+    with (
+        guarded_run(client, run_id, "register", end_on_success=False),
+        mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None),
+    ):
         mlflow.log_params({k[:250]: v[:6000] for k, v in redact_params(flatten(params)).items()})
         finite = {metric_key(k): float(v) for k, v in metrics.items() if is_finite_metric(v)}
         if finite:
@@ -426,6 +416,9 @@ def register_and_gate(
             "model_name": model_name,
             "pipeline_run": pipeline_run_id,
         }
+        with use_tracking_uri(tracking_uri):
+            prepare_mlflow_client()
+            check_mlflow()  # seconds, one line naming the fix (MLflow's client: minutes)
         with use_tracking_uri(tracking_uri), _mlflow_errors(f"register of '{model_name}'"):
             client = MlflowClient()
             existing = _find_version(client, model_name, pipeline_run_id)
