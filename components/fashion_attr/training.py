@@ -46,7 +46,8 @@ from torch.profiler import record_function
 from fashion_attr import storage
 from fashion_attr.checkpoint import (
     CHECKPOINT_NAME,
-    CorruptArtifactError,
+    NoReadableCheckpointError,
+    UnreadableArtifactError,
     capture_rng,
     check_world_size,
     load_artifact,
@@ -304,21 +305,31 @@ class ResumableLoop:
         return storage.join(self.out, METRICS_LOG)
 
     def _load_checkpoint(self) -> tuple[dict[str, Any], str] | None:
-        """The newest loadable checkpoint (and its URI): ``checkpoint.pt``, else the previous."""
+        """The newest loadable checkpoint (and its URI): ``checkpoint.pt``, else the previous.
+
+        Raises:
+            NoReadableCheckpointError: checkpoints exist but none can be read (names each
+                file, what is wrong with it, and ``--no-resume``).
+        """
         current, previous = self.checkpoint_uri, storage.join(self.out, PREVIOUS_CHECKPOINT_NAME)
-        failure: CorruptArtifactError | None = None
+        failures: list[UnreadableArtifactError] = []
         for uri in (current, previous):
             if not storage.exists(uri):
                 continue
             try:
-                return load_artifact(uri, map_location="cpu"), uri
-            except CorruptArtifactError as exc:
-                log.warning("%s; trying the previous checkpoint", exc)
-                failure = failure or exc
-        if failure is not None:
-            raise CorruptArtifactError(
-                f"{failure} No older loadable checkpoint is left in {self.out}. Fix: start "
-                "over with --no-resume (or a fresh output folder)"
+                state = load_artifact(uri, map_location="cpu")
+            except UnreadableArtifactError as exc:
+                failures.append(exc)
+                continue
+            for bad in failures:
+                log.warning("%s is %s; trying the previous checkpoint", bad.uri, bad.diagnosis)
+            return state, uri
+        if failures:
+            listed = "; ".join(f"{f.uri} is {f.diagnosis}" for f in failures)
+            raise NoReadableCheckpointError(
+                f"{self.proc.name} cannot resume from {self.out}: no checkpoint there can be read"
+                f" ({listed}). Fix: start over with --no-resume (or delete those files), or "
+                "restore a good copy of a checkpoint"
             )
         return None
 
