@@ -327,7 +327,16 @@ def _log_and_register(
             metadata={"pipeline_run": pipeline_run_id, "code_version": version_tags[CODE_TAG]},
         )
         _ensure_registered_model(client, model_name)
-        mv = mlflow.register_model(info.model_uri, model_name, tags=dict(version_tags))
+        # Not mlflow.register_model: it creates the registered model itself and prints
+        # "Registered model ... already exists" whenever it does (every run, the first too).
+        mv = client.create_model_version(
+            model_name,
+            info.model_uri,
+            run_id=run_id,
+            tags=dict(version_tags),
+            model_id=getattr(info, "model_id", None),
+        )
+        log.info("created version %s of registered model %s", mv.version, model_name)
     return mv, run_id
 
 
