@@ -144,7 +144,7 @@ def test_gate_moves_champion_alias_only_for_a_better_model(
     v2 = client.get_model_version(name, "2")
     assert v2.tags["gate.promoted"] == "false"
     assert v2.tags["gate.compared_to"] == "1"
-    assert "| attr_recall@3/tail | 0.3000 | 0.2500 | -0.0500 | worse |" in v2.description
+    assert "| attr_recall@3/tail | 0.3000 | 0.2500 | -0.0500 | - | - | worse |" in v2.description
     assert "KEEP CHAMPION" in v2.description
 
     # Better by 0.03 on the overall recall, ties elsewhere: the champion alias moves.

@@ -56,15 +56,18 @@ from fashion_attr import storage
 from fashion_attr.config import RegisterConfig, config_to_dict
 from fashion_attr.credentials import adopt_uri_credentials, redact_params, safe_uri
 from fashion_attr.endpoints import check_mlflow, prepare_mlflow_client
+from fashion_attr.evaluation.metrics import PER_IMAGE_NAME, PerImageStats, paired_bootstrap
 from fashion_attr.evaluation.report import read_metrics_json
 from fashion_attr.registry.gate import (
     Decision,
+    Evidence,
     GateRow,
     decide_promotion,
     is_finite_metric,
     non_finite_metrics,
     render_markdown,
     validate_gated_metrics,
+    with_evidence,
 )
 from fashion_attr.tracking import (
     PIPELINE_RUN_TAG,
@@ -468,7 +471,17 @@ def register_and_gate(
                     workdir=workdir,
                 )
                 reused = False
-            return _gate(client, mv, metrics, cfg, run_id, reused, score_champion, workdir)
+            return _gate(
+                client,
+                mv,
+                metrics,
+                cfg,
+                run_id,
+                reused,
+                score_champion,
+                workdir,
+                _Challenger(_metrics_extra(metrics_uri), _per_image_beside(metrics_uri)),
+            )
 
 
 def _champion_model(client: MlflowClient, champion: ModelVersion, workdir: Path) -> str:
@@ -488,25 +501,123 @@ def _champion_model(client: MlflowClient, champion: ModelVersion, workdir: Path)
     return str(files[0])
 
 
+#: The gate's confidence intervals: paired bootstrap over the test images.
+BOOTSTRAP = {"level": 0.95, "resamples": 1000, "seed": 0}
+
+
+@dataclass(frozen=True)
+class _Challenger:
+    """What ``evaluate`` wrote beside the challenger's metrics: counts, per-image statistics."""
+
+    extra: Mapping[str, Any]
+    per_image: PerImageStats | None
+
+
+def _metrics_extra(metrics_uri: str) -> dict[str, Any]:
+    """The ``extra`` object of ``evaluate``'s ``metrics.json`` (images, tail attributes)."""
+    try:
+        extra = json.loads(storage.read_text(metrics_uri)).get("extra")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def _per_image_beside(metrics_uri: str) -> PerImageStats | None:
+    """``per_image.npz`` next to ``metrics.json`` (written by ``evaluate``), if there."""
+    uri = str(metrics_uri).rsplit("/", 1)[0] + "/" + PER_IMAGE_NAME
+    if "/" not in str(metrics_uri):
+        uri = PER_IMAGE_NAME
+    try:
+        return PerImageStats.from_bytes(storage.read_bytes(uri))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError, storage.StorageError) as exc:
+        log.warning("%s: ignored (%s); the gate shows no confidence intervals", uri, exc)
+        return None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _evidence(
+    gate_metrics: Sequence[str],
+    challenger: _Challenger,
+    champion_stats: PerImageStats | None,
+) -> dict[str, Evidence]:
+    """Per gated metric: n (images, tail attributes, positives) and the paired interval."""
+    stats = challenger.per_image
+    images = stats.images if stats is not None else _int(challenger.extra.get("images"))
+    tail = (
+        stats.tail_attributes
+        if stats is not None
+        else _int(challenger.extra.get("tail_attributes"))
+    )
+    out = {}
+    for name in gate_metrics:
+        interval = None
+        if stats is not None and champion_stats is not None:
+            interval = paired_bootstrap(
+                stats,
+                champion_stats,
+                name,
+                resamples=int(BOOTSTRAP["resamples"]),
+                seed=int(BOOTSTRAP["seed"]),
+                level=float(BOOTSTRAP["level"]),
+            )
+        positives = stats.positives(name) if stats is not None else None
+        out[name] = Evidence(images, tail, positives, interval)
+    return out
+
+
+def _scored(result: Any) -> tuple[dict[str, float | None], PerImageStats | None]:
+    """A champion scorer's answer: a metrics mapping, or scores with ``per_image`` too."""
+    metrics = getattr(result, "metrics", result)
+    clean = {k: (float(v) if is_finite_metric(v) else None) for k, v in dict(metrics).items()}
+    return clean, getattr(result, "per_image", None)
+
+
 def _decide(
     client: MlflowClient,
     champion: ModelVersion | None,
     metrics: Mapping[str, float | None],
     cfg: RegisterConfig,
-    score_champion: Callable[[str], Mapping[str, float | None]] | None,
+    score_champion: Callable[[str], Any] | None,
     workdir: Path,
+    challenger: _Challenger,
 ) -> tuple[Decision, dict[str, float | None] | None]:
     """The gate's decision, and the champion's metrics as registered (for the record)."""
+    decision, recorded, champion_stats = _decide_rule(
+        client, champion, metrics, cfg, score_champion, workdir
+    )
+    return with_evidence(
+        decision, _evidence(cfg.gate_metrics, challenger, champion_stats)
+    ), recorded
+
+
+def _decide_rule(
+    client: MlflowClient,
+    champion: ModelVersion | None,
+    metrics: Mapping[str, float | None],
+    cfg: RegisterConfig,
+    score_champion: Callable[[str], Any] | None,
+    workdir: Path,
+) -> tuple[Decision, dict[str, float | None] | None, PerImageStats | None]:
+    """The gate's rule, the champion's recorded metrics, its per-image statistics if scored.
+
+    The rule is the one of :func:`decide_promotion` (point estimates against the
+    tolerance): the evidence added by :func:`_decide` does not change it.
+    """
     if champion is None:
-        return decide_promotion(metrics, None, cfg.gate_metrics, cfg.tolerance), None
+        return decide_promotion(metrics, None, cfg.gate_metrics, cfg.tolerance), None, None
     recorded = version_metrics(champion, cfg.gate_metrics)
     args = (cfg.gate_metrics, cfg.tolerance, cfg.tie_rule)
     if score_champion is None:
         decision = decide_promotion(metrics, recorded, *args)
         reason = f"{decision.reason} (champion's metrics as registered: another test split)"
-        return Decision(decision.promote, reason, decision.table, "recorded"), recorded
+        return Decision(decision.promote, reason, decision.table, "recorded"), recorded, None
     try:
-        paired = score_champion(_champion_model(client, champion, workdir))
+        paired, champion_stats = _scored(score_champion(_champion_model(client, champion, workdir)))
     except (ValueError, FileNotFoundError, MlflowException, OSError) as exc:
         promote = cfg.on_incomparable == "promote"
         reason = (
@@ -516,10 +627,10 @@ def _decide(
             f"MlflowClient().set_registered_model_alias('{champion.name}', 'champion', <version>)"
         )
         rows = decide_promotion(metrics, None, *args).table
-        return Decision(promote, reason, rows, "incomparable"), recorded
+        return Decision(promote, reason, rows, "incomparable"), recorded, None
     decision = decide_promotion(metrics, paired, *args)
     reason = f"{decision.reason} (paired: the champion scored on this test split)"
-    return Decision(decision.promote, reason, decision.table, "paired"), recorded
+    return Decision(decision.promote, reason, decision.table, "paired"), recorded, champion_stats
 
 
 def _gate(
@@ -529,8 +640,9 @@ def _gate(
     cfg: RegisterConfig,
     run_id: str | None,
     reused: bool,
-    score_champion: Callable[[str], Mapping[str, float | None]] | None = None,
+    score_champion: Callable[[str], Any] | None = None,
     workdir: Path | None = None,
+    challenger: _Challenger | None = None,
 ) -> Registration:
     name, version = mv.name, str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -542,8 +654,15 @@ def _gate(
         decision = _stored_decision(client.get_model_version(name, version))
         return Registration(name, version, True, version, version, reused, run_id, decision)
 
+    challenger = challenger or _Challenger({}, None)
     decision, recorded = _decide(
-        client, champion, metrics, cfg, score_champion, workdir or Path(tempfile.mkdtemp())
+        client,
+        champion,
+        metrics,
+        cfg,
+        score_champion,
+        workdir or Path(tempfile.mkdtemp()),
+        challenger,
     )
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -552,7 +671,10 @@ def _gate(
         label += ", scored on this test split"
     table = render_markdown(decision, champion_label=label)
     if recorded is not None and decision.basis != "recorded":
-        as_registered = decide_promotion(metrics, recorded, cfg.gate_metrics, cfg.tolerance)
+        as_registered = with_evidence(
+            decide_promotion(metrics, recorded, cfg.gate_metrics, cfg.tolerance),
+            _evidence(cfg.gate_metrics, _Challenger(challenger.extra, None), None),
+        )
         table += (
             "\nFor the record, the champion's metrics as registered (its own, older test "
             "split; not used by the gate):\n\n"
