@@ -177,3 +177,21 @@ def test_the_licence_is_an_spdx_expression() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
+
+
+def test_verbose_adds_the_traceback_to_the_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    metrics = tmp_path / "m.json"
+    metrics.write_text('{"metrics": {"attr_recall@3/all": 0.5}}')
+    argv = ["--model", str(tmp_path / "model.pt"), "--metrics", str(metrics)]
+    argv += ["--pipeline-run", "r1", "--set", "gate_metrics=[attr_recall@3/all]"]
+    assert register.main(argv) == 2
+    quiet = capsys.readouterr().err
+    assert "register: error:" in quiet and "Traceback" not in quiet
+    assert register.main([*argv, "--verbose"]) == 2
+    loud = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in loud and "register: error:" in loud
+    assert register.main(argv) == 2  # the flag does not stick to the next run
+    assert "Traceback" not in capsys.readouterr().err
