@@ -292,6 +292,21 @@ def _unregister(run: _OpenRun) -> None:
         _uninstall_hooks()
 
 
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) does not own the parent's runs or handlers."""
+    with contextlib.suppress(Exception):
+        _open.clear()
+        for name, signum in (("sigterm", signal.SIGTERM), ("sigint", signal.SIGINT)):
+            previous = _hooks.pop(name, None)
+            if previous is not None:
+                signal.signal(signum, previous)
+        _hooks["installed"] = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     _hooks["interrupted"] = True
     # In a thread with a bound wait: the main thread may hold a lock of the HTTP client.
@@ -316,13 +331,15 @@ def _on_sigint(signum: int, frame: Any) -> None:
 
 
 def _at_exit() -> None:
-    end_open_runs("KILLED" if _hooks["interrupted"] else "FAILED")
+    if os.getpid() == _hooks.get("pid"):
+        end_open_runs("KILLED" if _hooks["interrupted"] else "FAILED")
 
 
 def _install_hooks() -> None:
     if _hooks["installed"]:
         return
     _hooks["installed"] = True
+    _hooks["pid"] = os.getpid()
     if not _hooks.get("atexit"):
         atexit.register(_at_exit)  # after MLflow's own (import time): runs before it
         _hooks["atexit"] = True
