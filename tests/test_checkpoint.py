@@ -170,7 +170,7 @@ def _damaged(kind: str) -> bytes:
         ("text", CorruptArtifactError, "not a torch file"),
         ("plain-pickle", CorruptArtifactError, "not a torch file"),
         ("bit-flip", CorruptArtifactError, "fails its checksum"),
-        ("crafted", UnsafeArtifactError, "unsafe content: it references"),
+        ("crafted", UnsafeArtifactError, "unsafe (it references"),
     ],
 )
 def test_an_unreadable_file_gets_the_right_diagnosis_and_never_the_unsafe_advice(

@@ -145,14 +145,14 @@ def diagnose_artifact(data: bytes, exc: BaseException) -> tuple[type[UnreadableA
             return CorruptArtifactError, f"not a torch file ({size}; a plain pickle)"
         named = [c for c in calls if "." in c]
         what = f"calls {named[0]}" if named else f"uses pickle opcode {calls[0]}"
-        return UnsafeArtifactError, f"unsafe content: a pickle that {what}, code rather than data"
+        return UnsafeArtifactError, f"unsafe (a pickle that {what}: code, not data)"
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
         named = _safe_summary(text)
         what = f"it references {named}" if named else "it holds more than plain data"
         return UnsafeArtifactError, (
-            f"unsafe content: {what}, code rather than data (a checkpoint holds only tensors, "
-            "numbers, strings and containers)"
+            f"unsafe ({what}: code, not data; a checkpoint holds only tensors, numbers, "
+            "strings and containers)"
         )
     first = text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__
     return CorruptArtifactError, f"corrupt ({size}; {type(exc).__name__}: {first})"
