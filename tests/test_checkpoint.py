@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from fashion_attr.checkpoint import (
+    CorruptArtifactError,
     UnsafeArtifactError,
     capture_rng,
     load_artifact,
@@ -128,6 +129,66 @@ def test_exported_loaders_refuse_malicious_files(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArtifactError):
         load_exported_model(str(path))
     assert not marker.exists()
+
+
+class _Plain:
+    """A harmless class: still code, not data, for a checkpoint."""
+
+
+def _saved(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _damaged(kind: str) -> bytes:
+    good = _saved({"w": torch.arange(64, dtype=torch.float32), "step": 3})
+    if kind == "empty":
+        return b""
+    if kind == "truncated":
+        return good[: len(good) // 2]
+    if kind == "random":
+        return bytes(torch.randint(0, 256, (4000,), generator=torch.Generator().manual_seed(0)))
+    if kind == "text":
+        return b"version https://git-lfs.github.com/spec/v1\n"  # a Git LFS pointer
+    if kind == "plain-pickle":
+        return pickle.dumps({"w": [1.0, 2.0]})
+    if kind == "bit-flip":
+        i = good.index(b"data.pkl") + 40  # inside the pickled state, past the member header
+        return good[:i] + bytes([good[i] ^ 0xFF]) + good[i + 1 :]
+    if kind == "crafted":
+        return _saved({"w": torch.zeros(1), "extra": _Plain()})
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "diagnosis"),
+    [
+        ("empty", CorruptArtifactError, "empty (0 bytes"),
+        ("truncated", CorruptArtifactError, "truncated ("),
+        ("random", CorruptArtifactError, "not a torch file"),
+        ("text", CorruptArtifactError, "not a torch file"),
+        ("plain-pickle", CorruptArtifactError, "not a torch file"),
+        ("bit-flip", CorruptArtifactError, "fails its checksum"),
+        ("crafted", UnsafeArtifactError, "unsafe (it references"),
+    ],
+)
+def test_an_unreadable_file_gets_the_right_diagnosis_and_never_the_unsafe_advice(
+    kind: str, error: type, diagnosis: str, tmp_path: Path
+) -> None:
+    from fashion_attr.steps.contract import exit_code_for
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(_damaged(kind))
+    with pytest.raises(error) as info:
+        load_artifact(path)
+    text = str(info.value)
+    assert diagnosis in info.value.diagnosis and text.startswith(f"{path}: ")
+    assert "Fix:" in text and "\n" not in text
+    assert "weights_only" not in text and "trusted source" not in text
+    assert exit_code_for(info.value) == 2  # another file is the fix, not a retry
+    if error is UnsafeArtifactError:
+        assert "refused to load (for safety)" in text and "_Plain" in text
 
 
 def test_rng_capture_and_restore_replays_the_same_draws() -> None:

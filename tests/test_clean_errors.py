@@ -1,7 +1,9 @@
 """Errors a user meets name the file, the endpoint or the variable, and the fix (issue 14).
 
 - a corrupt ``checkpoint.pt``: the run resumes from ``checkpoint.prev.pt``; with both
-  unreadable it stops with exit 2, naming the file and ``--no-resume``;
+  unreadable it stops with exit 2 in one line naming both files, what is wrong with each
+  (truncated, not a torch file, unsafe content: never torch's ``weights_only=False``
+  advice) and ``--no-resume``;
 - a truncated generator handed to the classifier: exit 2 naming the file;
 - an unreachable S3 endpoint: the URI and the endpoint, no traceback;
 - the steps' ``--help`` keeps its usage examples as written, and ``register --help``
@@ -57,17 +59,61 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(
     assert result.resumed_from_step == previous_step and result.steps == 16
 
 
-def test_with_no_readable_checkpoint_the_step_names_the_file_and_no_resume(
-    interrupted: Path, demo_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("current", "previous"),
+    [("truncated", "random"), ("truncated", "crafted")],
+)
+def test_with_no_readable_checkpoint_the_step_names_both_files_and_no_resume(
+    current: str,
+    previous: str,
+    interrupted: Path,
+    demo_version: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Both checkpoints unreadable: exit 2, one line, each file's diagnosis, --no-resume.
+
+    Random bytes used to be called "objects other than tensors", quoting torch's advice
+    to load with weights_only=False; a crafted pickle is refused for safety, not loaded.
+    """
     out = tmp_path / "gan"
     shutil.copytree(interrupted, out)
-    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
-        (out / name).write_bytes(b"PK\x03\x04 not a whole zip")
+    good = (out / "checkpoint.pt").read_bytes()
+    damaged = {
+        "truncated": good[: len(good) // 2],
+        "random": bytes(range(256)) * 16,
+        "crafted": _crafted(tmp_path / "marker"),
+    }
+    (out / "checkpoint.pt").write_bytes(damaged[current])
+    (out / "checkpoint.prev.pt").write_bytes(damaged[previous])
     argv = ["--data", demo_version, "--out", str(out), "--preset", "tiny"]
     assert train_gan.main(argv + _sets(GAN_SMALL)) == 2
     err = capsys.readouterr().err
-    assert "checkpoint" in err and "--no-resume" in err and "Traceback" not in err
+    [line] = [x for x in err.splitlines() if x.startswith("train_gan: ")]
+    assert line.startswith("train_gan: error: train_gan cannot resume from")
+    assert f"{out / 'checkpoint.pt'} is truncated" in line
+    words = {"random": "is not a torch file", "crafted": "is unsafe (it references"}[previous]
+    assert f"{out / 'checkpoint.prev.pt'} {words}" in line
+    assert "--no-resume" in line and "weights_only" not in err and "Traceback" not in err
+    assert not (tmp_path / "marker").exists()  # nothing of the crafted file ran
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def _crafted(marker: Path) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"step": 10, "payload": _RunsCode(marker)}, buffer)
+    return buffer.getvalue()
 
 
 def test_a_truncated_generator_is_named(
@@ -131,3 +177,21 @@ def test_the_licence_is_an_spdx_expression() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
+
+
+def test_verbose_adds_the_traceback_to_the_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    metrics = tmp_path / "m.json"
+    metrics.write_text('{"metrics": {"attr_recall@3/all": 0.5}}')
+    argv = ["--model", str(tmp_path / "model.pt"), "--metrics", str(metrics)]
+    argv += ["--pipeline-run", "r1", "--set", "gate_metrics=[attr_recall@3/all]"]
+    assert register.main(argv) == 2
+    quiet = capsys.readouterr().err
+    assert "register: error:" in quiet and "Traceback" not in quiet
+    assert register.main([*argv, "--verbose"]) == 2
+    loud = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in loud and "register: error:" in loud
+    assert register.main(argv) == 2  # the flag does not stick to the next run
+    assert "Traceback" not in capsys.readouterr().err

@@ -19,9 +19,11 @@ from fashion_attr.steps import preprocess
 from PIL import Image
 
 
-def _ingest(capsys: pytest.CaptureFixture[str], source: Path, dest: Path) -> dict[str, Any]:
+def _ingest(
+    capsys: pytest.CaptureFixture[str], source: Path, dest: Path, *flags: str
+) -> dict[str, Any]:
     argv = ["--source", str(source), "--dest", str(dest), "--image-size", "32", "--no-progress"]
-    assert preprocess.main(argv) == 0
+    assert preprocess.main([*argv, *flags]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
@@ -95,6 +97,34 @@ def test_same_bytes_under_new_stamps_keep_the_version_and_only_they_are_read(
     moved = tmp_path / "moved"
     shutil.copytree(demo_copy, moved)
     assert _ingest(capsys, moved, dest)["version"] == first["version"]
+
+
+def test_a_same_size_change_with_its_mtime_restored_needs_rehash(
+    demo_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What rsync -t, cp -p, tar or a backup restore do: new bytes, same size, old stamp.
+
+    The fast path trusts (size, modification time) and keeps the old version, as the
+    fingerprints module documents; ``--rehash`` reads every image and sees the change.
+    """
+    dest = tmp_path / "dest"
+    first = _ingest(capsys, demo_copy, dest)
+    victim = _images(demo_copy)[9]
+    stat = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte of the JPEG's entropy data: same size, other bytes
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the stamp put back
+    assert victim.stat().st_size == stat.st_size and victim.stat().st_mtime_ns == stat.st_mtime_ns
+    trusted = _ingest(capsys, demo_copy, dest)
+    assert trusted["version"] == first["version"] and trusted["status"] == "exists"
+    rehashed = _ingest(capsys, demo_copy, dest, "--rehash")
+    assert rehashed["version"] != first["version"] and rehashed["status"] == "created"
+    # The cache now holds what was read: the fast path agrees with the re-hash from here on.
+    assert _ingest(capsys, demo_copy, dest)["version"] == rehashed["version"]
+    # And a re-hash of an unchanged source is the same version (a no-op, nothing written).
+    again = _ingest(capsys, demo_copy, dest, "--rehash")
+    assert again["version"] == rehashed["version"] and again["status"] == "exists"
 
 
 def test_fingerprints_of_a_tree_are_paths_sizes_and_stamps(tmp_path: Path) -> None:

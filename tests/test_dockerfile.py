@@ -271,6 +271,8 @@ def test_runtime_environment() -> None:
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert env["HOME"] == "/home/app"
     assert env["TORCH_HOME"] == "/opt/torch"
+    # No git in the image: GitPython (imported by MLflow) must not warn in every step.
+    assert env["GIT_PYTHON_REFRESH"] == "quiet"
     keywords = [kw for kw, _, _ in runtime]
     assert "HEALTHCHECK" in keywords
     assert ("WORKDIR", "/app") in [(kw, args) for kw, args, _ in runtime]

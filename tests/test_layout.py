@@ -6,8 +6,8 @@ A module imports only from its own floor or below, never back up a floor:
 floor   packages and modules of ``fashion_attr``
 ======  ==============================================================================
 1       ``losses``, ``hardness``, ``storage``, ``runtime``, ``progress``,
-        ``credentials``, ``cluster`` (Kubernetes calls only), ``config``, ``results``,
-        ``resources``, ``version``
+        ``credentials``, ``endpoints``, ``cluster`` (Kubernetes calls only), ``config``,
+        ``results``, ``resources``, ``version``
 2       ``data``, ``checkpoint``, ``tracking``, ``demo``
 3       ``evaluation``, ``training``, ``gan``, ``classifier``
 4       ``registry``
@@ -41,6 +41,7 @@ FLOORS: dict[str, int] = {
             "runtime",
             "progress",
             "credentials",
+            "endpoints",
             "cluster",
             "config",
             "results",

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
+from fashion_attr.evaluation.metrics import (
+    AttributeMetrics,
+    CategoryMetrics,
+    PerImageStats,
+    paired_bootstrap,
+)
 from fashion_attr.registry.gate import (
     Decision,
+    Evidence,
     GateRow,
     decide_promotion,
     render_markdown,
     validate_gated_metrics,
+    with_evidence,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -153,16 +163,18 @@ def test_markdown_table_and_json_form() -> None:
     d = decide_promotion(_challenger(all=0.51, tail=0.28), CHAMPION, GATE, TOL, "promote")
     md = render_markdown(d, champion_label="champion (v3)")
     lines = md.splitlines()
-    assert lines[0] == "| metric | champion (v3) | challenger | delta | verdict |"
-    assert lines[2] == "| attr_recall@3/all | 0.5000 | 0.5100 | +0.0100 | better |"
-    assert lines[3] == "| attr_recall@3/tail | 0.3000 | 0.2800 | -0.0200 | worse |"
-    assert lines[4] == "| cat_top3_acc | 0.9000 | 0.9000 | +0.0000 | tie |"
+    assert lines[0] == (
+        "| metric | champion (v3) | challenger | delta | 95% CI of delta | n | verdict |"
+    )
+    assert lines[2] == "| attr_recall@3/all | 0.5000 | 0.5100 | +0.0100 | - | - | better |"
+    assert lines[3] == "| attr_recall@3/tail | 0.3000 | 0.2800 | -0.0200 | - | - | worse |"
+    assert lines[4] == "| cat_top3_acc | 0.9000 | 0.9000 | +0.0000 | - | - | tie |"
     assert lines[-1].startswith("**KEEP CHAMPION**: champion kept")
     data = json.loads(json.dumps(d.to_dict()))
     assert data["promote"] is False
     assert data["table"][1]["verdict"] == "worse"
     first = render_markdown(decide_promotion(_challenger(), None, GATE, TOL))
-    assert "| attr_recall@3/all | - | 0.5000 | - | n/a |" in first
+    assert "| attr_recall@3/all | - | 0.5000 | - | - | - | n/a |" in first
 
 
 _unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -186,3 +198,95 @@ def test_property_a_promotion_never_hides_a_drop_beyond_tolerance(
     gains = [challenger[m] - champion[m] for m in GATE]
     if all(drop < TOL - 1e-9 for drop in drops) and any(g > TOL + 1e-9 for g in gains):
         assert d.promote is True
+
+
+# ------------------------------------------------------------- evidence: n and the interval
+
+
+def _paired(images: int, seed: int = 0) -> tuple[PerImageStats, PerImageStats]:
+    """Two models scored on the same ``images``: labels shared, the challenger a bit better.
+
+    Scored through the real accumulators (per-image statistics as ``evaluate`` keeps them).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n_attr, n_cat = 12, 5
+    groups = [1, 2, 3, 4, 5] * 2 + [1, 2]
+    train_pos = [500] * 8 + [20, 30, 40, 50]  # the last 4 are the tail
+    targets = (torch.rand(images, n_attr, generator=gen) < 0.25).float()
+    cats = torch.randint(0, n_cat, (images,), generator=gen)
+    stats = []
+    for skill in (1.2, 0.9):  # challenger, champion
+        noise = torch.randn(images, n_attr, generator=gen)
+        attr = AttributeMetrics(groups, train_pos_counts=train_pos, ks=(3,), compute_ap=False)
+        cat = CategoryMetrics(n_cat, ks=(3,))
+        for start in range(0, images, 64):  # in batches, as a loader feeds them
+            sl = slice(start, start + 64)
+            attr.update(skill * targets[sl] + noise[sl], targets[sl])
+            cat_logits = torch.randn(len(cats[sl]), n_cat, generator=gen)
+            cat_logits[torch.arange(len(cats[sl])), cats[sl]] += skill
+            cat.update(cat_logits, cats[sl])
+        per_image = PerImageStats.collect(attr, cat)
+        metrics = {**attr.compute(), **cat.compute()}
+        for name in GATE:  # the per-image sums are the metrics
+            assert per_image.value(name) == pytest.approx(metrics[name], abs=1e-12)
+        stats.append(per_image)
+    return stats[0], stats[1]
+
+
+def test_the_paired_interval_contains_the_difference_and_narrows_with_more_images() -> None:
+    widths = {}
+    for images in (200, 3200):
+        challenger, champion = _paired(images)
+        assert challenger.pairs_with(champion) and challenger.images == images
+        for name in GATE:
+            delta = challenger.value(name) - champion.value(name)
+            low, high = paired_bootstrap(challenger, champion, name, resamples=1000, seed=0)
+            assert low <= delta <= high, (name, images, low, delta, high)
+            widths[name, images] = high - low
+            # Seeded: the same inputs give the same interval.
+            assert paired_bootstrap(challenger, champion, name, seed=0) == (low, high)
+    for name in GATE:  # 16x the images: about 4x narrower (1/sqrt(n))
+        assert widths[name, 3200] < widths[name, 200] / 2, name
+
+
+def test_unpaired_statistics_give_no_interval() -> None:
+    challenger, _ = _paired(200, seed=1)
+    _, other_split = _paired(200, seed=2)  # other labels: not the same images
+    assert not challenger.pairs_with(other_split)
+    assert paired_bootstrap(challenger, other_split, "attr_recall@3/all") is None
+    assert paired_bootstrap(challenger, challenger, "map/all") is None  # no per-image sums
+
+
+def test_per_image_statistics_survive_their_file() -> None:
+    challenger, _ = _paired(100)
+    back = PerImageStats.from_bytes(challenger.to_bytes())
+    assert back.tail_attributes == 4 and back.images == 100
+    assert set(back.arrays) == set(challenger.arrays)
+    assert all(np.array_equal(back.arrays[k], challenger.arrays[k]) for k in back.arrays)
+    with pytest.raises(ValueError, match="not per-image statistics"):
+        PerImageStats.from_bytes(b"not an npz")
+
+
+def test_the_table_shows_n_and_the_interval_and_the_decision_is_unchanged() -> None:
+    d = decide_promotion(_challenger(all=0.51, tail=0.08), CHAMPION, GATE, TOL, "promote")
+    evidence = {
+        "attr_recall@3/all": Evidence(1000, 4, 2400, (0.004, 0.016)),
+        "attr_recall@3/tail": Evidence(1000, 4, 6, (-0.55, 0.10)),
+        "cat_top3_acc": Evidence(1000, 4, None, None),
+    }
+    shown = with_evidence(d, evidence)
+    assert (shown.promote, shown.reason, _verdicts(shown)) == (d.promote, d.reason, _verdicts(d))
+    lines = render_markdown(shown).splitlines()
+    assert lines[2] == (
+        "| attr_recall@3/all | 0.5000 | 0.5100 | +0.0100 | [+0.0040, +0.0160] | "
+        "1000 images, 2400 positives | better |"
+    )
+    assert lines[3] == (
+        "| attr_recall@3/tail | 0.3000 | 0.0800 | -0.2200 | [-0.5500, +0.1000] | "
+        "1000 images, 4 tail attributes, 6 positives | worse |"
+    )
+    assert lines[4] == "| cat_top3_acc | 0.9000 | 0.9000 | +0.0000 | - | 1000 images | tie |"
+    # Recorded with the decision (the version's gate.decision tag, gate/decision.json).
+    row = json.loads(json.dumps(shown.to_dict()))["table"][1]
+    assert (row["images"], row["tail_attributes"], row["positives"]) == (1000, 4, 6)
+    assert (row["ci_low"], row["ci_high"]) == (-0.55, 0.10)

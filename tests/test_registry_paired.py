@@ -93,6 +93,14 @@ def test_the_champion_is_scored_on_the_challengers_test_split(
         assert value == pytest.approx(paired.metrics[metric], abs=1e-12), metric
     recorded = {k: v for k, v in val.metrics.items() if k in GATES}
     assert _champion_column(second) != pytest.approx(recorded)  # it is not the val figures
+    # Each row shows n and the 95 % paired bootstrap interval of the difference, computed
+    # on the same test images (evaluate's per_image.npz, the champion scored now).
+    for row in second.decision["table"]:
+        assert row["images"] == test_b.images, row
+        assert row["ci_low"] <= row["delta"] <= row["ci_high"], row
+        if row["metric"].endswith("/tail"):
+            assert row["tail_attributes"] == test_b.tail_attributes, row
+    assert f"{test_b.images} images" in second.gate_table
     # Both tables are recorded on the version (and reach run_local's summary).
     assert "scored on this test split" in second.gate_table
     assert "as registered" in second.gate_table

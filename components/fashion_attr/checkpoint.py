@@ -7,8 +7,13 @@ hard-label memory and every RNG state. It is one object written atomically
 writing leaves the previous checkpoint intact.
 
 Every load uses ``torch.load(..., weights_only=True)``: a checkpoint or model
-file is data, never code. A crafted pickle that tries to run code is refused
-with :class:`UnsafeArtifactError`.
+file is data, never code. A file that does not load is diagnosed from its bytes, not
+from torch's message (which suggests ``weights_only=False``: never do that with a file
+you did not write): :class:`CorruptArtifactError` for an empty or truncated file, one
+that is not a torch file, or a damaged archive (a checksum mismatch);
+:class:`UnsafeArtifactError` for a file holding more than tensors and plain containers
+(a crafted pickle that would run code), refused for safety and never loaded. Both are
+user errors (exit 2): the fix is another file, not a retry.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
+import re
+import warnings
 import zipfile
 from typing import Any
 
@@ -26,9 +34,12 @@ from fashion_attr import storage
 __all__ = [
     "CHECKPOINT_NAME",
     "CorruptArtifactError",
+    "NoReadableCheckpointError",
+    "UnreadableArtifactError",
     "UnsafeArtifactError",
     "capture_rng",
     "check_world_size",
+    "diagnose_artifact",
     "load_artifact",
     "restore_rng",
     "save_artifact",
@@ -37,12 +48,114 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class UnsafeArtifactError(RuntimeError):
-    """A file holds more than tensors and plain containers (refused by weights_only)."""
+class UnreadableArtifactError(ValueError):
+    """A file that does not load (base of the two kinds below; a user error, exit 2).
+
+    Attributes:
+        uri: the file.
+        diagnosis: what is wrong with it, in a few words (no fix, no file name).
+    """
+
+    def __init__(self, message: str, *, uri: str = "", diagnosis: str = "") -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.diagnosis = diagnosis or message
 
 
-class CorruptArtifactError(ValueError):
-    """A file is truncated or not a torch archive at all (a killed copy, a wrong file)."""
+class CorruptArtifactError(UnreadableArtifactError):
+    """A file is empty, truncated, damaged or not a torch archive (a killed copy, a wrong file)."""
+
+
+class UnsafeArtifactError(UnreadableArtifactError):
+    """A file holds more than tensors and plain containers: refused for safety, never loaded."""
+
+
+class NoReadableCheckpointError(ValueError):
+    """No checkpoint of an output folder can be read: the run cannot resume (exit 2)."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# A legacy (non-zip) torch.save file starts with the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+_CALLS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _pickle_calls(data: bytes) -> list[str] | None:
+    """The code-calling opcodes and globals of the pickle ``data`` (None: not a pickle).
+
+    Read with :mod:`pickletools` (which only parses: nothing is executed).
+    """
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(io.BytesIO(data)):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.append(".".join(strings[-2:]))
+            elif op.name in _CALLS:
+                found.append(op.name)
+    except Exception:  # not a (whole) pickle
+        return None
+    return found
+
+
+def _safe_summary(text: str) -> str:
+    """A global torch named in its refusal, never its advice (``weights_only=False``)."""
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    return m.group(1) if m else ""
+
+
+def diagnose_artifact(data: bytes, exc: BaseException) -> tuple[type[UnreadableArtifactError], str]:
+    """Why ``data`` did not load with ``weights_only=True`` (``exc``): the error type and a phrase.
+
+    Judged from the bytes: empty; a zip archive cut short (no central directory) or with a
+    member failing its checksum; a zip without ``data.pkl`` or bytes that are no pickle
+    (not a torch file); else content ``weights_only`` refuses (unsafe: the global it names).
+    """
+    size = f"{len(data)} bytes"
+    if not data:
+        return CorruptArtifactError, "empty (0 bytes): a write or copy cut short"
+    if data.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                names = zf.namelist()
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+            return CorruptArtifactError, (
+                f"truncated ({size}; the archive ends before its index: a write or copy cut short)"
+            )
+        except Exception as err:  # zlib.error and the like: a damaged member
+            return CorruptArtifactError, f"damaged ({size}; {type(err).__name__})"
+        if bad is not None:
+            return CorruptArtifactError, f"damaged ({size}; {bad} fails its checksum)"
+        if not any(n.endswith("data.pkl") for n in names):
+            return (
+                CorruptArtifactError,
+                f"not a torch file ({size}; a zip archive without data.pkl)",
+            )
+    elif not data.startswith(_LEGACY_MAGIC):
+        calls = _pickle_calls(data)
+        if calls is None:
+            head = data[:8]
+            return CorruptArtifactError, f"not a torch file ({size}, starting with {head!r})"
+        if not calls:
+            return CorruptArtifactError, f"not a torch file ({size}; a plain pickle)"
+        named = [c for c in calls if "." in c]
+        what = f"calls {named[0]}" if named else f"uses pickle opcode {calls[0]}"
+        return UnsafeArtifactError, f"unsafe (a pickle that {what}: code, not data)"
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
+        named = _safe_summary(text)
+        what = f"it references {named}" if named else "it holds more than plain data"
+        return UnsafeArtifactError, (
+            f"unsafe ({what}: code, not data; a checkpoint holds only tensors, numbers, "
+            "strings and containers)"
+        )
+    first = text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__
+    return CorruptArtifactError, f"corrupt ({size}; {type(exc).__name__}: {first})"
 
 
 def save_artifact(uri: str | os.PathLike[str], obj: dict[str, Any]) -> None:
@@ -57,29 +170,28 @@ def load_artifact(uri: str | os.PathLike[str], map_location: str | torch.device 
 
     Raises:
         FileNotFoundError: if ``uri`` does not exist.
-        CorruptArtifactError: if the file is truncated or not a torch archive.
-        UnsafeArtifactError: if the file holds objects that weights_only refuses.
+        CorruptArtifactError: the file is empty, truncated, damaged or not a torch file.
+        UnsafeArtifactError: the file holds objects that ``weights_only`` refuses (it is
+            not loaded; the message never suggests loading it unsafely).
     """
     data = storage.read_bytes(uri)
     try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CorruptArtifactError(
-            f"{uri}: the file is truncated or corrupt ({len(data)} bytes; torch.load said: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Fix: restore "
-            "it from a good copy, or write it again (rerun the step that produced it)"
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": noise about a file that is refused anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        kind, diagnosis = diagnose_artifact(data, exc)
+        fix = (
+            "only load artifacts written by this pipeline; delete this file, then rerun the "
+            "step that writes it"
+            if kind is UnsafeArtifactError
+            else "restore it from a good copy, or write it again (rerun the step that produced it)"
+        )
+        verb = "refused to load (for safety)" if kind is UnsafeArtifactError else "unreadable"
+        raise kind(
+            f"{uri}: {verb}: {diagnosis}. Fix: {fix}", uri=str(uri), diagnosis=diagnosis
         ) from None
-    except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():  # e.g. "invalid load key": not a torch file
-            raise CorruptArtifactError(
-                f"{uri}: not a torch file ({len(data)} bytes; {str(exc).splitlines()[0]}). "
-                "Fix: pass a file written by this pipeline"
-            ) from None
-        raise UnsafeArtifactError(
-            f"{uri}: refused to load: it holds objects other than tensors and plain containers "
-            f"(torch.load weights_only=True said: {str(exc).splitlines()[0]}). Fix: only load "
-            "artifacts written by this pipeline; re-export the model from its checkpoint"
-        ) from exc
 
 
 def check_world_size(state: dict[str, Any], world_size: int, uri: str) -> None:

@@ -63,6 +63,11 @@ class PreprocessConfig(_Frozen):
     shard_max_bytes: int = Field(64 << 20, ge=1 << 16)
     workers: int = Field(1, ge=1)
     seed: int = 0
+    rehash: bool = Field(
+        False,
+        description="Hash every source image again instead of trusting the fingerprint cache "
+        "(a same-size change with its modification time restored is then seen).",
+    )
 
 
 class GanQualityConfig(_Frozen):

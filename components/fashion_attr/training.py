@@ -10,9 +10,11 @@ does the rest, identically for both:
 - **checkpoints** every ``checkpoint_every`` steps and at each epoch end,
   written atomically by rank 0 with every rank's loader position and RNG
   states; the previous checkpoint is kept as ``checkpoint.prev.pt``;
-- **exact resume** from ``checkpoint.pt`` (or, if that file is corrupt, from
+- **exact resume** from ``checkpoint.pt`` (or, if that file is unreadable, from
   ``checkpoint.prev.pt``); a resumed run ends bitwise equal to an
-  uninterrupted one on CPU;
+  uninterrupted one on CPU; with neither readable the step stops (exit 2) naming
+  both files, what is wrong with each and the fix (``--no-resume``);
+- **the MLflow run ends** FAILED when the loop fails, KILLED when it is interrupted;
 - **the non-finite guard**: every step's terms are recorded on the device
   (no host sync) and checked at every log, checkpoint and epoch end, so
   nothing is ever checkpointed or exported from weights that saw a NaN;
@@ -28,9 +30,10 @@ does the rest, identically for both:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +46,8 @@ from torch.profiler import record_function
 from fashion_attr import storage
 from fashion_attr.checkpoint import (
     CHECKPOINT_NAME,
-    CorruptArtifactError,
+    NoReadableCheckpointError,
+    UnreadableArtifactError,
     capture_rng,
     check_world_size,
     load_artifact,
@@ -52,7 +56,7 @@ from fashion_attr.checkpoint import (
 )
 from fashion_attr.progress import Progress
 from fashion_attr.runtime import DistContext, FiniteGuard, iter_keeping_rng
-from fashion_attr.tracking import Tracker
+from fashion_attr.tracking import Tracker, run_status_for
 
 __all__ = [
     "PREVIOUS_CHECKPOINT_NAME",
@@ -270,9 +274,19 @@ class ResumableLoop:
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
         if resume:
-            self._resume()
+            with self._ending_run_on_failure():
+                self._resume()
         if self.resumed_from is not None:
             self._continue_log()
+
+    @contextlib.contextmanager
+    def _ending_run_on_failure(self) -> Iterator[None]:
+        """A failure ends the step's MLflow run FAILED (KILLED when interrupted), not RUNNING."""
+        try:
+            yield
+        except BaseException as exc:
+            self.tracker.close(run_status_for(exc))
+            raise
 
     # -- checkpoints ---------------------------------------------------------------------
     @property
@@ -291,21 +305,31 @@ class ResumableLoop:
         return storage.join(self.out, METRICS_LOG)
 
     def _load_checkpoint(self) -> tuple[dict[str, Any], str] | None:
-        """The newest loadable checkpoint (and its URI): ``checkpoint.pt``, else the previous."""
+        """The newest loadable checkpoint (and its URI): ``checkpoint.pt``, else the previous.
+
+        Raises:
+            NoReadableCheckpointError: checkpoints exist but none can be read (names each
+                file, what is wrong with it, and ``--no-resume``).
+        """
         current, previous = self.checkpoint_uri, storage.join(self.out, PREVIOUS_CHECKPOINT_NAME)
-        failure: CorruptArtifactError | None = None
+        failures: list[UnreadableArtifactError] = []
         for uri in (current, previous):
             if not storage.exists(uri):
                 continue
             try:
-                return load_artifact(uri, map_location="cpu"), uri
-            except CorruptArtifactError as exc:
-                log.warning("%s; trying the previous checkpoint", exc)
-                failure = failure or exc
-        if failure is not None:
-            raise CorruptArtifactError(
-                f"{failure} No older loadable checkpoint is left in {self.out}. Fix: start "
-                "over with --no-resume (or a fresh output folder)"
+                state = load_artifact(uri, map_location="cpu")
+            except UnreadableArtifactError as exc:
+                failures.append(exc)
+                continue
+            for bad in failures:
+                log.warning("%s is %s; trying the previous checkpoint", bad.uri, bad.diagnosis)
+            return state, uri
+        if failures:
+            listed = "; ".join(f"{f.uri} is {f.diagnosis}" for f in failures)
+            raise NoReadableCheckpointError(
+                f"{self.proc.name} cannot resume from {self.out}: no checkpoint there can be read"
+                f" ({listed}). Fix: start over with --no-resume (or delete those files), or "
+                "restore a good copy of a checkpoint"
             )
         return None
 
@@ -396,10 +420,16 @@ class ResumableLoop:
     def run(self) -> LoopResult:
         """Train until the schedule is done; returns where it stopped.
 
+        A failure or an interrupt ends the step's MLflow run (FAILED, KILLED) and is raised.
+
         Raises:
             NonFiniteLossError: a loss turned NaN/Inf (names the first bad step and terms).
             ValueError: the train split has fewer samples than one batch per rank.
         """
+        with self._ending_run_on_failure():
+            return self._run()
+
+    def _run(self) -> LoopResult:
         sched, ctx = self.schedule, self.ctx
         total: int | None = None
         per_epoch = 0

@@ -20,7 +20,7 @@ from fashion_attr.config import EvaluateConfig
 from fashion_attr.data.info import DatasetInfo
 from fashion_attr.data.loader import make_loader
 from fashion_attr.demo.sources import readable_source
-from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
+from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics, PerImageStats
 from fashion_attr.evaluation.whole_images import WholeImages
 from fashion_attr.runtime import resolve_device, use_bf16
 
@@ -43,6 +43,8 @@ class Scores:
         attribute_names: the dataset's attribute names.
         category_names: the dataset's category names.
         whole_images: whole source photos scored (their metrics are ``whole/<name>``).
+        per_image: per image of the split, in loader order, what the top-k metrics sum
+            over (the promotion gate's paired bootstrap resamples these).
     """
 
     metrics: dict[str, float]
@@ -55,6 +57,7 @@ class Scores:
     attribute_names: list[str] = field(default_factory=list)
     category_names: list[str] = field(default_factory=list)
     whole_images: int = 0
+    per_image: PerImageStats | None = None
 
 
 def score_model(
@@ -137,6 +140,7 @@ def score_model(
     if cat_m is not None:
         scores.metrics.update(cat_m.compute())
         scores.confusion = cat_m.confusion_matrix()
+    scores.per_image = PerImageStats.collect(attr_m, cat_m)
     if cfg.whole_images > 0:
         # The same metrics on whole photos, squashed to the input as pyfunc does without
         # a bbox: what a served model gets when the caller knows no box.

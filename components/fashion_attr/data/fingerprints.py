@@ -22,6 +22,14 @@ re-hashes only the files whose fingerprint changed, and so decides in seconds:
 - a file rewritten with the same bytes (``touch``, a copy to S3) gives the same
   version again: the digest is of the content, not of the stamps.
 
+What the fast path trusts: a file whose size and stamp are those cached has the cached
+content. On S3 the stamp is the ETag, which the store computes from the bytes, so nothing
+can slip through. On a local disk it is the modification time: a file rewritten with
+other bytes of the same size and its old modification time put back (``rsync -t``,
+``cp -p``, ``tar`` or a backup restore do that) keeps its cached hash, and the source
+its old version. ``rehash=True`` (the ingest's ``--rehash``) ignores the cache and reads
+every image again (the cache is then rewritten from what was read).
+
 The first ingest of a source hashes every image once. The version's index
 (``index.jsonl.gz``) records each ingested image's content hash, and incremental
 batches deduplicate on it. Catalog batches (``.jsonl``) are small: their images
@@ -152,26 +160,32 @@ def _load_cache(uri: str) -> dict[str, list]:
     return data.get("files", {}) if isinstance(data, dict) else {}
 
 
-def content_digest_of_tree(root: str, dest: str, workers: int = 16) -> tuple[str, int]:
+def content_digest_of_tree(
+    root: str, dest: str, workers: int = 16, *, rehash: bool = False
+) -> tuple[str, int]:
     """The content digest of every file under ``root``; re-hashes only changed files.
 
     Args:
         root: the folder or S3 prefix of the images (``<source>/Img``).
         dest: where versions live (the fingerprint cache goes to ``<dest>/_fingerprints``).
         workers: threads that read files to hash.
+        rehash: ignore the cache and the ETags: read and hash every file (see the module
+            docstring for what the fast path trusts).
 
     Returns:
         ``(digest, files hashed now)``.
     """
     prints = fingerprint_tree(root)
     cache_uri = _cache_uri(dest, root)
-    cache = _load_cache(cache_uri)
+    cache = {} if rehash else _load_cache(cache_uri)
     hashes: dict[str, str | None] = {}
     stale = []
     s3 = storage.is_s3(root)
     for rel, (size, stamp) in prints.items():
         cached = cache.get(rel)
-        if s3 and _PLAIN_ETAG.match(stamp):
+        if rehash:
+            stale.append(rel)
+        elif s3 and _PLAIN_ETAG.match(stamp):
             hashes[rel] = stamp  # a single-part object's ETag is the MD5 of its bytes
         elif cached and cached[0] == size and cached[1] == stamp:
             hashes[rel] = cached[2]

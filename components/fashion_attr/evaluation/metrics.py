@@ -11,7 +11,11 @@ This module is the one home of the metrics of docs/method.md section 6:
   positives).
 
 Both accumulators are streaming: call ``update`` once per batch (tensors on any
-device), then ``compute``; ``reset`` starts over. Per batch, the counting is done
+device), then ``compute``; ``reset`` starts over. Each also keeps, per image, what its
+top-k figures are sums of (``per_image()``: the top-k hits and positives of every ranking
+set, the category top-k hits): :class:`PerImageStats` holds them, and
+:func:`paired_bootstrap` resamples the images two models were scored on to give a
+confidence interval of their difference. Per batch, the counting is done
 on the tensors' device and one small vector of counts is moved to the CPU. Only
 AP needs every score: with ``compute_ap=True`` the logits are kept as compact CPU
 chunks (float32 by default, 4 bytes per node, e.g. 160 MB for the 40,000 x 1,000
@@ -42,7 +46,10 @@ Readings this module takes (each is also stated where it applies):
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,11 +59,14 @@ from fashion_attr.data.annotations import ATTRIBUTE_GROUPS
 
 __all__ = [
     "ALL_GROUP",
+    "PER_IMAGE_NAME",
     "TAIL_GROUP",
     "AttributeMetrics",
     "CategoryMetrics",
+    "PerImageStats",
     "average_precision",
     "metric_names",
+    "paired_bootstrap",
 ]
 
 #: Name of the pseudo-group holding every attribute.
@@ -319,6 +329,8 @@ class AttributeMetrics:
         self._set_hits = np.zeros((len(self.set_names), len(self.ks)), dtype=np.float64)
         self._score_chunks: list[torch.Tensor] = []
         self._label_chunks: list[torch.Tensor] = []
+        # Per image: hits in the top k of each set (per k), then the set's positives.
+        self._image_chunks: list[np.ndarray] = []
         # AP needs a sort of every stored score (seconds on the full test split): computed
         # once per state and shared by compute() and per_attribute().
         self._arrays_cache: dict[str, np.ndarray] | None = None
@@ -410,6 +422,10 @@ class AttributeMetrics:
         set_hits = torch.zeros(
             (len(self.set_names), len(self.ks)), dtype=torch.float64, device=device
         )
+        width = len(self.ks) + 1
+        per_image = torch.zeros(
+            (m, len(self.set_names) * width), dtype=torch.float64, device=device
+        )
         kmax = max(self.ks)
         for s_idx, name in enumerate(self.set_names):
             size = int(self._set_members[name].size)
@@ -427,15 +443,24 @@ class AttributeMetrics:
             order = order[:, : min(kmax, size)]
             hits_in_rank = set_pos.gather(1, order)  # [M, min(kmax, size)], 1 where a positive
             for k_idx, k in enumerate(self.ks):
-                set_hits[s_idx, k_idx] = hits_in_rank[:, :k].sum()
+                image_hits = hits_in_rank[:, :k].sum(1)
+                per_image[:, s_idx * width + k_idx] = image_hits
+                set_hits[s_idx, k_idx] = image_hits.sum()
+            per_image[:, s_idx * width + len(self.ks)] = set_pos.sum(1)
             if name == ALL_GROUP:
                 for k in self.ks:
                     in_top = torch.zeros((m, n), dtype=torch.float64, device=device)
                     in_top.scatter_(1, order[:, :k], 1.0)
                     per_attr.append((in_top * pos_f).sum(0))
         # One transfer per batch: everything counted on the device comes back together.
-        packed = torch.cat([torch.stack(per_attr).reshape(-1), set_hits.reshape(-1)]).cpu()
+        packed = torch.cat(
+            [torch.stack(per_attr).reshape(-1), set_hits.reshape(-1), per_image.reshape(-1)]
+        ).cpu()
         packed_np = packed.numpy()
+        if m:
+            tail = packed_np[packed_np.size - per_image.numel() :]
+            self._image_chunks.append(tail.reshape(m, -1).astype(np.int32))
+        packed_np = packed_np[: packed_np.size - per_image.numel()]
         rows = packed_np[: (5 + len(self.ks)) * n].reshape(5 + len(self.ks), n)
         self._pos += rows[0]
         self._neg += rows[1]
@@ -555,6 +580,28 @@ class AttributeMetrics:
         """Number of attributes in the tail set."""
         return int(self.tail_mask.sum())
 
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Per image, in update order: what each set's top-k recall sums over the images.
+
+        Returns:
+            ``{"hits@{k}/{set}": int32 [M], "positives/{set}": int32 [M]}`` for every
+            ranking set (the groups, ``"all"``, ``"tail"``) and k: the image's known
+            positives among the set's top k, and its known positives in the set.
+            ``attr_recall@{k}/{set}`` is ``hits.sum() / positives.sum()``.
+        """
+        width = len(self.ks) + 1
+        table = (
+            np.concatenate(self._image_chunks)
+            if self._image_chunks
+            else np.zeros((0, len(self.set_names) * width), dtype=np.int32)
+        )
+        out: dict[str, np.ndarray] = {}
+        for s_idx, name in enumerate(self.set_names):
+            for k_idx, k in enumerate(self.ks):
+                out[f"hits@{k}/{name}"] = table[:, s_idx * width + k_idx].copy()
+            out[f"positives/{name}"] = table[:, s_idx * width + len(self.ks)].copy()
+        return out
+
 
 class CategoryMetrics:
     """Streaming category top-k accuracy and confusion matrix (docs/method.md sec. 6).
@@ -593,6 +640,7 @@ class CategoryMetrics:
         self._num_updates = 0
         self._correct = np.zeros(len(self.ks), dtype=np.int64)
         self._confusion = np.zeros((self.num_categories, self.num_categories), dtype=np.int64)
+        self._rank_chunks: list[np.ndarray] = []
 
     @torch.no_grad()
     def update(self, cat_logits: torch.Tensor, cat_targets: torch.Tensor) -> None:
@@ -646,9 +694,10 @@ class CategoryMetrics:
             correct = torch.stack([(rank < k).sum() for k in self.ks])
             top1 = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, 0]
             conf = torch.bincount(tgt * c + top1, minlength=c * c).reshape(c, c)
-            packed = torch.cat([correct, conf.reshape(-1)]).cpu().numpy()
+            packed = torch.cat([correct, rank, conf.reshape(-1)]).cpu().numpy()
             self._correct += packed[: len(self.ks)]
-            self._confusion += packed[len(self.ks) :].reshape(c, c)
+            self._rank_chunks.append(packed[len(self.ks) : len(self.ks) + m].astype(np.int32))
+            self._confusion += packed[len(self.ks) + m :].reshape(c, c)
         self.num_images += m
         self._num_updates += 1
 
@@ -663,6 +712,14 @@ class CategoryMetrics:
             for i, k in enumerate(self.ks)
         }
 
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Per image, in update order: ``{"cat_hit@{k}": uint8 [M]}`` (1: true category in top k).
+
+        ``cat_top{k}_acc`` is the mean of ``cat_hit@{k}``.
+        """
+        ranks = np.concatenate(self._rank_chunks) if self._rank_chunks else np.zeros(0, np.int32)
+        return {f"cat_hit@{k}": (ranks < k).astype(np.uint8) for k in self.ks}
+
     def confusion_matrix(self) -> np.ndarray:
         """Return the top-1 confusion matrix.
 
@@ -670,3 +727,163 @@ class CategoryMetrics:
             Int64 array ``[C, C]``: rows the true category, columns the top-1 prediction.
         """
         return self._confusion.copy()
+
+
+# ------------------------------------------------------------------- per-image statistics
+#: File name of the per-image statistics ``evaluate`` writes beside ``metrics.json``.
+PER_IMAGE_NAME = "per_image.npz"
+
+_RECALL = re.compile(r"^attr_recall@(\d+)/(.+)$")
+_CAT = re.compile(r"^cat_top(\d+)_acc$")
+
+
+@dataclass
+class PerImageStats:
+    """What a model's top-k metrics are sums of, image by image (one split, one order).
+
+    Two models scored on the same images (the same split of the same dataset version, read
+    in the same order) have paired statistics: :func:`paired_bootstrap` resamples the
+    images to give a confidence interval of their difference.
+
+    Attributes:
+        arrays: ``hits@{k}/{set}`` and ``positives/{set}`` (:meth:`AttributeMetrics.per_image`)
+            and ``cat_hit@{k}`` (:meth:`CategoryMetrics.per_image`), one entry per image.
+        tail_attributes: attributes in the tail set.
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    tail_attributes: int = 0
+
+    @classmethod
+    def collect(cls, attr: AttributeMetrics | None, cat: CategoryMetrics | None) -> PerImageStats:
+        """Gather the per-image statistics of the two accumulators (either may be None)."""
+        arrays: dict[str, np.ndarray] = {}
+        if attr is not None:
+            arrays.update(attr.per_image())
+        if cat is not None:
+            arrays.update(cat.per_image())
+        return cls(arrays, attr.num_tail_attributes if attr is not None else 0)
+
+    @property
+    def images(self) -> int:
+        """Images scored."""
+        return int(next(iter(self.arrays.values())).size) if self.arrays else 0
+
+    def columns(self, metric: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """``(numerator, denominator or None)`` per image behind ``metric``; None if unknown.
+
+        ``attr_recall@{k}/{set}`` is ``sum(hits) / sum(positives)``; ``cat_top{k}_acc`` is
+        ``mean(hit)`` (denominator None).
+        """
+        m = _RECALL.match(metric)
+        if m:
+            hits = self.arrays.get(f"hits@{m.group(1)}/{m.group(2)}")
+            pos = self.arrays.get(f"positives/{m.group(2)}")
+            return (hits, pos) if hits is not None and pos is not None else None
+        m = _CAT.match(metric)
+        if m and f"cat_hit@{m.group(1)}" in self.arrays:
+            return self.arrays[f"cat_hit@{m.group(1)}"], None
+        return None
+
+    def value(self, metric: str) -> float:
+        """``metric`` computed from the per-image statistics (NaN if unknown or undefined)."""
+        cols = self.columns(metric)
+        if cols is None:
+            return _nan()
+        num, den = cols
+        if den is None:
+            return _safe_div(float(num.sum()), float(num.size))
+        return _safe_div(float(num.sum()), float(den.sum()))
+
+    def positives(self, metric: str) -> int | None:
+        """The test positives behind a recall ``metric`` (None for other metrics)."""
+        cols = self.columns(metric)
+        return int(cols[1].sum()) if cols is not None and cols[1] is not None else None
+
+    def pairs_with(self, other: PerImageStats) -> bool:
+        """Whether both were scored on the same images: same count, same labels per image."""
+        if self.images != other.images or self.images == 0:
+            return False
+        shared = [k for k in self.arrays if k.startswith("positives/") and k in other.arrays]
+        return bool(shared) and all(np.array_equal(self.arrays[k], other.arrays[k]) for k in shared)
+
+    def to_bytes(self) -> bytes:
+        """The statistics as a compressed ``.npz`` (no pickles)."""
+        buf = io.BytesIO()
+        names = {f"a{i}": k for i, k in enumerate(sorted(self.arrays))}
+        np.savez_compressed(
+            buf,
+            names=np.array([names[f"a{i}"] for i in range(len(names))], dtype=np.str_),
+            tail_attributes=np.array(self.tail_attributes),
+            **{key: self.arrays[name] for key, name in names.items()},
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PerImageStats:
+        """Read what :meth:`to_bytes` wrote.
+
+        Raises:
+            ValueError: the data is not such a file.
+        """
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                names = [str(n) for n in npz["names"]]
+                arrays = {name: npz[f"a{i}"] for i, name in enumerate(names)}
+                return cls(arrays, int(npz["tail_attributes"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"not per-image statistics ({type(exc).__name__}: {exc})") from None
+
+
+def paired_bootstrap(
+    challenger: PerImageStats,
+    champion: PerImageStats,
+    metric: str,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``challenger - champion`` on ``metric``, paired by image.
+
+    Each resample draws the test images with replacement and recomputes both models'
+    metric on the same draw (a recall's denominator, the positives, is the same for both:
+    the labels), so the interval reflects how much the difference depends on which
+    images were tested. Seeded: the same inputs give the same interval.
+
+    Args:
+        challenger: the challenger's per-image statistics.
+        champion: the champion's, on the same images (:meth:`PerImageStats.pairs_with`).
+        metric: ``attr_recall@{k}/{set}`` or ``cat_top{k}_acc``.
+        resamples: bootstrap resamples.
+        seed: the generator's seed.
+        level: the interval's coverage.
+
+    Returns:
+        ``(low, high)``, or None when the metric has no per-image statistics, the two are
+        not paired, or too few resamples are defined (a set without positives).
+    """
+    a, b = challenger.columns(metric), champion.columns(metric)
+    if a is None or b is None or not challenger.pairs_with(champion):
+        return None
+    diff = a[0].astype(np.float64) - b[0].astype(np.float64)
+    den = a[1].astype(np.float64) if a[1] is not None else None
+    m = diff.size
+    rng = np.random.default_rng(seed)
+    block = max(1, (1 << 22) // m)
+    out: list[np.ndarray] = []
+    for start in range(0, resamples, block):
+        idx = rng.integers(0, m, size=(min(block, resamples - start), m))
+        if den is None:
+            out.append(diff[idx].mean(axis=1))
+        else:
+            total = den[idx].sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out.append(np.where(total > 0, diff[idx].sum(axis=1) / total, np.nan))
+    values = np.concatenate(out)
+    values = values[np.isfinite(values)]
+    if values.size < resamples // 2:
+        return None
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)

@@ -20,6 +20,13 @@ Rules, in order:
    ``"promote"`` lets the model trained on the fresher catalogue data win when
    quality is equal; ``"keep"`` keeps the champion.
 
+Each row also shows the evidence behind its figures, which the rules above do not use:
+``n``, the test images (and, for a tail metric, the tail attributes; for a recall, its
+test positives), and, when both models were scored on the same images, a 95 % paired
+bootstrap confidence interval of ``challenger - champion``
+(:func:`fashion_attr.evaluation.metrics.paired_bootstrap`). A delta of -0.22 from six
+positives of two tail attributes reads differently from one over thousands.
+
 A champion without a finite value for a gated metric (registered before that
 metric was gated, say) cannot be compared on it: that row's verdict is
 ``"n/a"``, which neither blocks nor justifies a promotion. Differences are taken
@@ -33,17 +40,19 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = [
     "Decision",
+    "Evidence",
     "GateRow",
     "decide_promotion",
     "is_finite_metric",
     "non_finite_metrics",
     "render_markdown",
     "validate_gated_metrics",
+    "with_evidence",
 ]
 
 Verdict = Literal["better", "worse", "tie", "n/a"]
@@ -52,13 +61,31 @@ _EPS = 1e-12
 
 @dataclass(frozen=True)
 class GateRow:
-    """One gated metric compared between champion and challenger."""
+    """One gated metric compared between champion and challenger.
+
+    Attributes:
+        metric: the metric's name.
+        champion: the champion's figure (None: none or not finite).
+        challenger: the challenger's figure.
+        delta: ``challenger - champion``.
+        verdict: ``better``, ``worse``, ``tie`` or ``n/a`` (the gate's rules).
+        images: test images behind the figures, when known.
+        tail_attributes: attributes in the tail set (tail metrics only), when known.
+        positives: test positives behind a recall figure, when known.
+        ci_low: low end of the 95 % paired bootstrap interval of ``delta``, when computed.
+        ci_high: high end of that interval.
+    """
 
     metric: str
     champion: float | None
     challenger: float
     delta: float | None
     verdict: Verdict
+    images: int | None = None
+    tail_attributes: int | None = None
+    positives: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -217,14 +244,70 @@ def decide_promotion(
     return Decision(False, reason, rows)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What stands behind one row's figures (shown and recorded, not used by the rules).
+
+    Attributes:
+        images: test images.
+        tail_attributes: attributes in the tail set (shown for tail metrics).
+        positives: test positives behind a recall.
+        interval: the 95 % paired bootstrap interval of ``challenger - champion``.
+    """
+
+    images: int | None = None
+    tail_attributes: int | None = None
+    positives: int | None = None
+    interval: tuple[float, float] | None = None
+
+
+def with_evidence(decision: Decision, evidence: Mapping[str, Evidence]) -> Decision:
+    """The same decision (promote, reason, verdicts unchanged), rows carrying ``evidence``."""
+    rows = []
+    for row in decision.table:
+        ev = evidence.get(row.metric)
+        if ev is None:
+            rows.append(row)
+            continue
+        low, high = (
+            ev.interval if ev.interval is not None and row.delta is not None else (None, None)
+        )
+        rows.append(
+            replace(
+                row,
+                images=ev.images,
+                tail_attributes=ev.tail_attributes if row.metric.endswith("/tail") else None,
+                positives=ev.positives,
+                ci_low=low,
+                ci_high=high,
+            )
+        )
+    return replace(decision, table=rows)
+
+
 def _fmt(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def _n(row: GateRow) -> str:
+    parts = []
+    if row.images is not None:
+        parts.append(f"{row.images} images")
+    if row.tail_attributes is not None:
+        parts.append(f"{row.tail_attributes} tail attributes")
+    if row.positives is not None:
+        parts.append(f"{row.positives} positives")
+    return ", ".join(parts) or "-"
+
+
 def render_markdown(decision: Decision, champion_label: str = "champion") -> str:
     """Render the decision as a Markdown table plus the reason.
+
+    Columns: the metric, both figures, their difference, its 95 % paired bootstrap
+    interval (``-`` when not computed), ``n`` (test images; tail attributes for a tail
+    metric; positives for a recall) and the verdict.
 
     Args:
         decision: the gate's decision.
@@ -234,13 +317,18 @@ def render_markdown(decision: Decision, champion_label: str = "champion") -> str
         Markdown text.
     """
     lines = [
-        f"| metric | {champion_label} | challenger | delta | verdict |",
-        "| --- | ---: | ---: | ---: | --- |",
+        f"| metric | {champion_label} | challenger | delta | 95% CI of delta | n | verdict |",
+        "| --- | ---: | ---: | ---: | :---: | --- | --- |",
     ]
     for r in decision.table:
+        interval = (
+            f"[{_fmt(r.ci_low, signed=True)}, {_fmt(r.ci_high, signed=True)}]"
+            if r.ci_low is not None and r.ci_high is not None
+            else "-"
+        )
         lines.append(
             f"| {r.metric} | {_fmt(r.champion)} | {_fmt(r.challenger)} | "
-            f"{_fmt(r.delta, signed=True)} | {r.verdict} |"
+            f"{_fmt(r.delta, signed=True)} | {interval} | {_n(r)} | {r.verdict} |"
         )
     verdict = "PROMOTE" if decision.promote else "KEEP CHAMPION"
     lines += ["", f"**{verdict}**: {decision.reason}"]

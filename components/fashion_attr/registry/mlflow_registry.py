@@ -10,7 +10,7 @@
    with the metrics recorded on it. A different ``model.pt`` (sha256 tag) under the
    same pipeline run id is refused (``ValueError``).
 3. Otherwise open the step's MLflow run (nested under the pipeline's parent run,
-   :func:`fashion_attr.tracking.pipeline_parent_run`, shared with the trainers' tracker), log the
+   :func:`fashion_attr.tracking.start_step_run`, as every step's run), log the
    resolved config, the metrics and the reports, log the pyfunc model and register
    it as a new version created WITH its tags (pipeline run, model sha256, dataset
    and code version, every finite metric as ``metric.<name>``), so a crash cannot
@@ -55,17 +55,27 @@ from mlflow.tracking import MlflowClient
 from fashion_attr import storage
 from fashion_attr.config import RegisterConfig, config_to_dict
 from fashion_attr.credentials import adopt_uri_credentials, redact_params, safe_uri
+from fashion_attr.endpoints import check_mlflow, prepare_mlflow_client
+from fashion_attr.evaluation.metrics import PER_IMAGE_NAME, PerImageStats, paired_bootstrap
 from fashion_attr.evaluation.report import read_metrics_json
 from fashion_attr.registry.gate import (
     Decision,
+    Evidence,
     GateRow,
     decide_promotion,
     is_finite_metric,
     non_finite_metrics,
     render_markdown,
     validate_gated_metrics,
+    with_evidence,
 )
-from fashion_attr.tracking import PIPELINE_RUN_TAG, flatten, pipeline_parent_run
+from fashion_attr.tracking import (
+    PIPELINE_RUN_TAG,
+    experiment_id,
+    flatten,
+    guarded_run,
+    start_step_run,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -87,7 +97,6 @@ METRIC_TAG_PREFIX = "metric."
 SHA_TAG = "fashion_attr.model_sha256"
 DATASET_TAG = "dataset_version"
 CODE_TAG = "code_version"
-_DEFAULT_EXPERIMENT = "fashion-attr"
 _MODEL_DESCRIPTION = (
     "Fashion attribute classifier (Ye et al., HABP + Deact) registered by the fashion_attr "
     "retraining pipeline. Alias 'champion' is the served model; 'challenger' is the latest "
@@ -268,21 +277,6 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
                 raise
 
 
-def _experiment_id(client: MlflowClient) -> str:
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", _DEFAULT_EXPERIMENT)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        exp = client.get_experiment_by_name(name)
-        assert exp is not None
-        return exp.experiment_id
-
-
 def _local_file(uri: str, workdir: Path) -> str:
     if not storage.is_s3(uri):
         if not Path(uri).is_file():
@@ -308,21 +302,20 @@ def _log_and_register(
 ) -> tuple[ModelVersion, str]:
     from fashion_attr.registry.pyfunc import log_pyfunc_model
 
-    experiment_id = _experiment_id(client)
-    parent_id = pipeline_parent_run(client, experiment_id, pipeline_run_id)
-    run = client.create_run(
-        experiment_id,
-        run_name="register",
-        tags={
-            "mlflow.parentRunId": parent_id,
-            PIPELINE_RUN_TAG: pipeline_run_id,
-            "fashion_attr.step": "register",
-            DATASET_TAG: version_tags[DATASET_TAG],
-            CODE_TAG: version_tags[CODE_TAG],
-        },
+    run = start_step_run(
+        client,
+        "register",
+        pipeline_run=pipeline_run_id,
+        experiment=experiment_id(client),
+        tags={DATASET_TAG: version_tags[DATASET_TAG], CODE_TAG: version_tags[CODE_TAG]},
     )
     run_id = run.info.run_id
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+    # The fluent run (log_model needs it) ends FINISHED or FAILED; the guard ends it KILLED
+    # on Ctrl-C or SIGTERM.
+    with (
+        guarded_run(client, run_id, "register", end_on_success=False),
+        mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None),
+    ):
         mlflow.log_params({k[:250]: v[:6000] for k, v in redact_params(flatten(params)).items()})
         finite = {metric_key(k): float(v) for k, v in metrics.items() if is_finite_metric(v)}
         if finite:
@@ -337,7 +330,16 @@ def _log_and_register(
             metadata={"pipeline_run": pipeline_run_id, "code_version": version_tags[CODE_TAG]},
         )
         _ensure_registered_model(client, model_name)
-        mv = mlflow.register_model(info.model_uri, model_name, tags=dict(version_tags))
+        # Not mlflow.register_model: it creates the registered model itself and prints
+        # "Registered model ... already exists" whenever it does (every run, the first too).
+        mv = client.create_model_version(
+            model_name,
+            info.model_uri,
+            run_id=run_id,
+            tags=dict(version_tags),
+            model_id=getattr(info, "model_id", None),
+        )
+        log.info("created version %s of registered model %s", mv.version, model_name)
     return mv, run_id
 
 
@@ -430,6 +432,9 @@ def register_and_gate(
             "model_name": model_name,
             "pipeline_run": pipeline_run_id,
         }
+        with use_tracking_uri(tracking_uri):
+            prepare_mlflow_client()
+            check_mlflow()  # seconds, one line naming the fix (MLflow's client: minutes)
         with use_tracking_uri(tracking_uri), _mlflow_errors(f"register of '{model_name}'"):
             client = MlflowClient()
             existing = _find_version(client, model_name, pipeline_run_id)
@@ -470,7 +475,17 @@ def register_and_gate(
                     workdir=workdir,
                 )
                 reused = False
-            return _gate(client, mv, metrics, cfg, run_id, reused, score_champion, workdir)
+            return _gate(
+                client,
+                mv,
+                metrics,
+                cfg,
+                run_id,
+                reused,
+                score_champion,
+                workdir,
+                _Challenger(_metrics_extra(metrics_uri), _per_image_beside(metrics_uri)),
+            )
 
 
 def _champion_model(client: MlflowClient, champion: ModelVersion, workdir: Path) -> str:
@@ -490,25 +505,123 @@ def _champion_model(client: MlflowClient, champion: ModelVersion, workdir: Path)
     return str(files[0])
 
 
+#: The gate's confidence intervals: paired bootstrap over the test images.
+BOOTSTRAP = {"level": 0.95, "resamples": 1000, "seed": 0}
+
+
+@dataclass(frozen=True)
+class _Challenger:
+    """What ``evaluate`` wrote beside the challenger's metrics: counts, per-image statistics."""
+
+    extra: Mapping[str, Any]
+    per_image: PerImageStats | None
+
+
+def _metrics_extra(metrics_uri: str) -> dict[str, Any]:
+    """The ``extra`` object of ``evaluate``'s ``metrics.json`` (images, tail attributes)."""
+    try:
+        extra = json.loads(storage.read_text(metrics_uri)).get("extra")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def _per_image_beside(metrics_uri: str) -> PerImageStats | None:
+    """``per_image.npz`` next to ``metrics.json`` (written by ``evaluate``), if there."""
+    uri = str(metrics_uri).rsplit("/", 1)[0] + "/" + PER_IMAGE_NAME
+    if "/" not in str(metrics_uri):
+        uri = PER_IMAGE_NAME
+    try:
+        return PerImageStats.from_bytes(storage.read_bytes(uri))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError, storage.StorageError) as exc:
+        log.warning("%s: ignored (%s); the gate shows no confidence intervals", uri, exc)
+        return None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _evidence(
+    gate_metrics: Sequence[str],
+    challenger: _Challenger,
+    champion_stats: PerImageStats | None,
+) -> dict[str, Evidence]:
+    """Per gated metric: n (images, tail attributes, positives) and the paired interval."""
+    stats = challenger.per_image
+    images = stats.images if stats is not None else _int(challenger.extra.get("images"))
+    tail = (
+        stats.tail_attributes
+        if stats is not None
+        else _int(challenger.extra.get("tail_attributes"))
+    )
+    out = {}
+    for name in gate_metrics:
+        interval = None
+        if stats is not None and champion_stats is not None:
+            interval = paired_bootstrap(
+                stats,
+                champion_stats,
+                name,
+                resamples=int(BOOTSTRAP["resamples"]),
+                seed=int(BOOTSTRAP["seed"]),
+                level=float(BOOTSTRAP["level"]),
+            )
+        positives = stats.positives(name) if stats is not None else None
+        out[name] = Evidence(images, tail, positives, interval)
+    return out
+
+
+def _scored(result: Any) -> tuple[dict[str, float | None], PerImageStats | None]:
+    """A champion scorer's answer: a metrics mapping, or scores with ``per_image`` too."""
+    metrics = getattr(result, "metrics", result)
+    clean = {k: (float(v) if is_finite_metric(v) else None) for k, v in dict(metrics).items()}
+    return clean, getattr(result, "per_image", None)
+
+
 def _decide(
     client: MlflowClient,
     champion: ModelVersion | None,
     metrics: Mapping[str, float | None],
     cfg: RegisterConfig,
-    score_champion: Callable[[str], Mapping[str, float | None]] | None,
+    score_champion: Callable[[str], Any] | None,
     workdir: Path,
+    challenger: _Challenger,
 ) -> tuple[Decision, dict[str, float | None] | None]:
     """The gate's decision, and the champion's metrics as registered (for the record)."""
+    decision, recorded, champion_stats = _decide_rule(
+        client, champion, metrics, cfg, score_champion, workdir
+    )
+    return with_evidence(
+        decision, _evidence(cfg.gate_metrics, challenger, champion_stats)
+    ), recorded
+
+
+def _decide_rule(
+    client: MlflowClient,
+    champion: ModelVersion | None,
+    metrics: Mapping[str, float | None],
+    cfg: RegisterConfig,
+    score_champion: Callable[[str], Any] | None,
+    workdir: Path,
+) -> tuple[Decision, dict[str, float | None] | None, PerImageStats | None]:
+    """The gate's rule, the champion's recorded metrics, its per-image statistics if scored.
+
+    The rule is the one of :func:`decide_promotion` (point estimates against the
+    tolerance): the evidence added by :func:`_decide` does not change it.
+    """
     if champion is None:
-        return decide_promotion(metrics, None, cfg.gate_metrics, cfg.tolerance), None
+        return decide_promotion(metrics, None, cfg.gate_metrics, cfg.tolerance), None, None
     recorded = version_metrics(champion, cfg.gate_metrics)
     args = (cfg.gate_metrics, cfg.tolerance, cfg.tie_rule)
     if score_champion is None:
         decision = decide_promotion(metrics, recorded, *args)
         reason = f"{decision.reason} (champion's metrics as registered: another test split)"
-        return Decision(decision.promote, reason, decision.table, "recorded"), recorded
+        return Decision(decision.promote, reason, decision.table, "recorded"), recorded, None
     try:
-        paired = score_champion(_champion_model(client, champion, workdir))
+        paired, champion_stats = _scored(score_champion(_champion_model(client, champion, workdir)))
     except (ValueError, FileNotFoundError, MlflowException, OSError) as exc:
         promote = cfg.on_incomparable == "promote"
         reason = (
@@ -518,10 +631,10 @@ def _decide(
             f"MlflowClient().set_registered_model_alias('{champion.name}', 'champion', <version>)"
         )
         rows = decide_promotion(metrics, None, *args).table
-        return Decision(promote, reason, rows, "incomparable"), recorded
+        return Decision(promote, reason, rows, "incomparable"), recorded, None
     decision = decide_promotion(metrics, paired, *args)
     reason = f"{decision.reason} (paired: the champion scored on this test split)"
-    return Decision(decision.promote, reason, decision.table, "paired"), recorded
+    return Decision(decision.promote, reason, decision.table, "paired"), recorded, champion_stats
 
 
 def _gate(
@@ -531,8 +644,9 @@ def _gate(
     cfg: RegisterConfig,
     run_id: str | None,
     reused: bool,
-    score_champion: Callable[[str], Mapping[str, float | None]] | None = None,
+    score_champion: Callable[[str], Any] | None = None,
     workdir: Path | None = None,
+    challenger: _Challenger | None = None,
 ) -> Registration:
     name, version = mv.name, str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -544,8 +658,15 @@ def _gate(
         decision = _stored_decision(client.get_model_version(name, version))
         return Registration(name, version, True, version, version, reused, run_id, decision)
 
+    challenger = challenger or _Challenger({}, None)
     decision, recorded = _decide(
-        client, champion, metrics, cfg, score_champion, workdir or Path(tempfile.mkdtemp())
+        client,
+        champion,
+        metrics,
+        cfg,
+        score_champion,
+        workdir or Path(tempfile.mkdtemp()),
+        challenger,
     )
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -554,7 +675,10 @@ def _gate(
         label += ", scored on this test split"
     table = render_markdown(decision, champion_label=label)
     if recorded is not None and decision.basis != "recorded":
-        as_registered = decide_promotion(metrics, recorded, cfg.gate_metrics, cfg.tolerance)
+        as_registered = with_evidence(
+            decide_promotion(metrics, recorded, cfg.gate_metrics, cfg.tolerance),
+            _evidence(cfg.gate_metrics, _Challenger(challenger.extra, None), None),
+        )
         table += (
             "\nFor the record, the champion's metrics as registered (its own, older test "
             "split; not used by the gate):\n\n"

@@ -32,6 +32,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from fashion_attr import storage
 from fashion_attr.config import PRESETS
@@ -136,13 +137,35 @@ def scrub_tracking_uri() -> None:
     adopt_uri_credentials()
 
 
+#: Set by ``--verbose`` (read and reset by :func:`run_cli`): print a failure's traceback.
+_VERBOSE: dict[str, bool] = {}
+
+
+class _VerboseAction(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, True)
+        _VERBOSE["on"] = True
+
+
 def step_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
-    """A step's parser: ``python -m fashion_attr.steps.<name>``, its docstring kept as written."""
-    return argparse.ArgumentParser(
+    """A step's parser: ``python -m fashion_attr.steps.<name>``, its docstring kept as written.
+
+    Every step takes ``--verbose``: a failure then also prints its traceback (by default it
+    prints one line naming what failed and the fix).
+    """
+    parser = argparse.ArgumentParser(
         prog=f"python -m fashion_attr.steps.{name}",
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--verbose",
+        action=_VerboseAction,
+        nargs=0,
+        default=False,
+        help="on failure, also print the traceback",
+    )
+    return parser
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +227,7 @@ def run_cli(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     scrub_tracking_uri()
+    verbose = _VERBOSE.pop("on", False)
     if out is not None and is_rank0():
         clear_error(out)  # a failure of an earlier attempt is no longer the state
     try:
@@ -222,7 +246,7 @@ def run_cli(
     except Exception as exc:
         code = exit_code_for(exc)
         known = code == EXIT_USER or isinstance(exc, RuntimeError)
-        if not known:  # a bug: keep the traceback for the report
+        if not known or verbose:  # a bug: keep the traceback for the report
             traceback.print_exc()
         kind = "error" if code == EXIT_USER else "failed"
         if isinstance(exc, StorageError):

@@ -9,7 +9,9 @@ Usage::
 Writes to ``--out``: ``metrics.json`` (every metric of docs/method.md section 6, per
 group, overall and on tail attributes), ``report.md`` (the paper's Table 1 and
 Table 2 layouts), ``per_attribute.csv``, ``prob_vs_frequency.png`` (paper
-Fig. 2), ``group_recall.png`` and ``confusion.png``, then ``result.json`` (the
+Fig. 2), ``group_recall.png`` and ``confusion.png``, ``per_image.npz`` (per test
+image, the top-k hits and positives behind the metrics: ``register`` resamples them
+for the gate's paired confidence intervals), then ``result.json`` (the
 :class:`EvaluateResult`, also printed as one line of JSON).
 """
 
@@ -60,6 +62,7 @@ def run(
     # Threads and workers sized to the container's CPU limit, not the node's cores.
     apply_cpu_budget()
     from fashion_attr.classifier.scoring import score_model
+    from fashion_attr.evaluation.metrics import PER_IMAGE_NAME
     from fashion_attr.evaluation.report import read_metrics_json, write_report
     from fashion_attr.steps.contract import scrub_tracking_uri
     from fashion_attr.tracking import Tracker
@@ -103,6 +106,9 @@ def run(
         if p.name != "metrics.json":
             storage.upload_file(p, uris[p.name])
             tracker.log_artifact(p, "evaluation")
+    if scores.per_image is not None:  # what register's paired bootstrap resamples
+        per_image = storage.join(out, PER_IMAGE_NAME)
+        storage.write_bytes(per_image, scores.per_image.to_bytes())
     storage.upload_file(workdir / "metrics.json", uris["metrics.json"])
     tracker.close()
     result = EvaluateResult(

@@ -72,6 +72,8 @@ def _settings(cfg: PreprocessConfig, *, incremental: bool) -> dict[str, Any]:
         # Decode/encode processes beyond the container's CPU limit only get throttled.
         "workers": cap_workers(cfg.workers, "ingest workers", keep_one=False),
         "seed": cfg.seed,
+        # A full ingest's image digest; a batch's images are hashed every time anyway.
+        **({} if incremental else {"rehash": cfg.rehash}),
     }
 
 
@@ -222,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch-dir", dest="batch", default=None, help="incremental: a drop of *.jsonl batches"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--rehash",
+        action="store_true",
+        default=None,
+        help="hash every source image again, trusting no cached fingerprint (size + mtime)",
+    )
     add_config_args(p)
     args = p.parse_args(argv)
     flags = {
@@ -231,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shard_max_bytes": args.shard_max_bytes,
         "workers": args.workers,
         "seed": args.seed,
+        "rehash": args.rehash,
     }
 
     def body() -> PreprocessResult:

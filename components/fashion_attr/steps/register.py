@@ -30,7 +30,6 @@ failure.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -92,9 +91,9 @@ def run(
 
         eval_cfg = evaluate_config if evaluate_config is not None else EvaluateConfig()
 
-        def score_champion(model_path: str) -> dict[str, float | None]:
-            metrics = score_model(eval_cfg, model_path, data).metrics
-            return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+        def score_champion(model_path: str) -> Any:
+            # Its metrics and per-image statistics (the gate's paired intervals).
+            return score_model(eval_cfg, model_path, data)
 
     if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ValueError(

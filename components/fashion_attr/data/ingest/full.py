@@ -66,12 +66,17 @@ def _settings(
     )
 
 
-def _version(source: str, dest: str, settings: IngestSettings, workers: int) -> tuple[str, str]:
+def _version(
+    source: str, dest: str, settings: IngestSettings, workers: int, rehash: bool = False
+) -> tuple[str, str]:
     """The version id and folder of ``source`` ingested with ``settings`` into ``dest``."""
     digests = hash_annotation_dir(source)
     # The images' content enters the version (cheaply: only files whose size, ETag or mtime
-    # changed are read): restoring, fixing or replacing an image gives a new version.
-    images, _ = content_digest_of_tree(storage.join(source, "Img"), dest, max(workers, 1) * 8)
+    # changed are read, every file with ``rehash``): restoring, fixing or replacing an image
+    # gives a new version.
+    images, _ = content_digest_of_tree(
+        storage.join(source, "Img"), dest, max(workers, 1) * 8, rehash=rehash
+    )
     version = version_id({"annotations": digests, "images": images, "settings": asdict(settings)})
     return version, storage.join(dest, version)
 
@@ -145,6 +150,7 @@ def ingest_full(
     workers: int = 1,
     seed: int = 0,
     progress: bool = True,
+    rehash: bool = False,
 ) -> IngestResult:
     """Ingest a whole DeepFashion-C root into a new version (a no-op if it exists).
 
@@ -160,6 +166,8 @@ def ingest_full(
             ``if __name__ == "__main__":`` guard (the CLI has one).
         seed: Shuffle seed (enters the version hash).
         progress: Show progress on stderr (a bar in a terminal, else lines: images/s, ETA).
+        rehash: Read and hash every source image instead of trusting the fingerprint
+            cache (a same-size rewrite with its modification time restored is then seen).
 
     Returns:
         The :class:`IngestResult`.
@@ -171,7 +179,7 @@ def ingest_full(
     source, dest = str(source), str(dest)
     _check_workers(workers)
     settings = _settings(image_size, jpeg_quality, shard_max_samples, shard_max_bytes, seed)
-    version, version_uri = _version(source, dest, settings, workers)
+    version, version_uri = _version(source, dest, settings, workers, rehash)
     done = _existing(version, version_uri)
     if done is not None:
         return done
@@ -213,6 +221,7 @@ def ingest_part(
     workers: int = 1,
     seed: int = 0,
     progress: bool = True,
+    rehash: bool = False,
 ) -> IngestResult:
     """Ingest part ``part`` of ``parts`` of a full ingest (see :func:`merge_parts`).
 
@@ -232,7 +241,7 @@ def ingest_part(
             "Fix: pass e.g. --part 0 --parts 4"
         )
     settings = _settings(image_size, jpeg_quality, shard_max_samples, shard_max_bytes, seed)
-    version, version_uri = _version(source, dest, settings, workers)
+    version, version_uri = _version(source, dest, settings, workers, rehash)
     done = _existing(version, version_uri)
     if done is not None:
         return done
@@ -276,6 +285,7 @@ def merge_parts(
     shard_max_bytes: int = 64 << 20,
     workers: int = 1,
     seed: int = 0,
+    rehash: bool = False,
 ) -> IngestResult:
     """Publish the version of a split full ingest from its part manifests.
 
@@ -289,6 +299,7 @@ def merge_parts(
         shard_max_bytes: the parts' bytes per shard.
         seed: the parts' shuffle seed.
         workers: processes for the fingerprint check of the source.
+        rehash: hash every source image again (as the parts were run).
 
     Returns:
         The :class:`IngestResult` (``created=False`` when the version existed).
@@ -301,7 +312,7 @@ def merge_parts(
     if parts is not None and parts < 1:
         raise IngestError(f"--parts {parts}. Fix: pass --parts >= 1")
     settings = _settings(image_size, jpeg_quality, shard_max_samples, shard_max_bytes, seed)
-    version, version_uri = _version(source, dest, settings, workers)
+    version, version_uri = _version(source, dest, settings, workers, rehash)
     done = _existing(version, version_uri)
     if done is not None:
         return done
