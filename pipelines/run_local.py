@@ -260,8 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             gate_metrics=names(defaults["gate_metrics"]),
         )
     except PreflightError as exc:
-        print(f"run_local: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"run_local: {'failed' if exc.retryable else 'error'}: {exc}", file=sys.stderr)
+        return 3 if exc.retryable else 2
 
     import mlflow
     from kfp import local

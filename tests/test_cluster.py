@@ -975,3 +975,22 @@ def test_sigterm_deletes_the_job_the_launcher_waits_for(
         run_gan(api)
     assert api.count("create") == 1 and api.count("delete") == 1
     assert api.objects == {}
+
+
+def test_the_pipeline_run_reaches_the_training_pods(
+    monkeypatch: pytest.MonkeyPatch, no_release_env: None
+) -> None:
+    """Each pod's step nests its MLflow run under the pipeline's (FA_PIPELINE_RUN)."""
+    monkeypatch.setenv("FA_TRAINER_RELEASE", "2.3")
+    monkeypatch.setenv("FA_PIPELINE_RUN", "run-42")
+    for kind in ("trainjob", "pytorchjob"):
+        api = FakeCustomObjects([{}, cond("Complete" if kind == "trainjob" else "Succeeded")])
+        run_gan(api, kind)
+        job = next(iter(api.objects.values()))
+        if kind == "trainjob":
+            env = job["spec"]["trainer"]["env"]
+        else:
+            env = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+                "env"
+            ]
+        assert {"name": "FA_PIPELINE_RUN", "value": "run-42"} in env, kind

@@ -35,6 +35,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
 from fashion_attr.cluster.kube import APIS
@@ -315,6 +316,7 @@ def _trainjob(
     node_selector: Mapping[str, str],
     service_account: str,
     deadline_s: int | None = None,
+    env: Mapping[str, str] = MappingProxyType({}),
 ) -> dict[str, Any]:
     """A TrainJob made of ``kubeflow_trainer_api`` models, its pod settings in ``pod_field``.
 
@@ -329,25 +331,29 @@ def _trainjob(
     def quantities(amounts: Mapping[str, str]) -> dict[str, Any]:
         return {k: m.IoK8sApimachineryPkgApiResourceQuantity(v) for k, v in amounts.items()}
 
-    env = [
-        m.IoK8sApiCoreV1EnvVar(
-            name=var,
-            value_from=m.IoK8sApiCoreV1EnvVarSource(
-                config_map_key_ref=m.IoK8sApiCoreV1ConfigMapKeySelector(
-                    name=config_map, key=var, optional=True if optional else None
-                )
-            ),
-        )
-        for var, config_map, optional in _CONFIG_ENV
-    ] + [
-        m.IoK8sApiCoreV1EnvVar(
-            name=var,
-            value_from=m.IoK8sApiCoreV1EnvVarSource(
-                secret_key_ref=m.IoK8sApiCoreV1SecretKeySelector(name=secret, key=var)
-            ),
-        )
-        for var, secret in _SECRET_ENV
-    ]
+    env = (
+        [
+            m.IoK8sApiCoreV1EnvVar(
+                name=var,
+                value_from=m.IoK8sApiCoreV1EnvVarSource(
+                    config_map_key_ref=m.IoK8sApiCoreV1ConfigMapKeySelector(
+                        name=config_map, key=var, optional=True if optional else None
+                    )
+                ),
+            )
+            for var, config_map, optional in _CONFIG_ENV
+        ]
+        + [
+            m.IoK8sApiCoreV1EnvVar(
+                name=var,
+                value_from=m.IoK8sApiCoreV1EnvVarSource(
+                    secret_key_ref=m.IoK8sApiCoreV1SecretKeySelector(name=secret, key=var)
+                ),
+            )
+            for var, secret in _SECRET_ENV
+        ]
+        + [m.IoK8sApiCoreV1EnvVar(name=var, value=value) for var, value in sorted(env.items())]
+    )
     resources = {part: quantities(amounts) for part, amounts in _resources(gpus).items()}
     trainer = m.TrainerV1alpha1Trainer(
         image=image,
@@ -453,6 +459,7 @@ def _pytorchjob(
     node_selector: Mapping[str, str],
     service_account: str,
     deadline_s: int | None = None,
+    env: Mapping[str, str] = MappingProxyType({}),
 ) -> dict[str, Any]:
     """A PyTorchJob made of ``kubeflow-training`` models (pods: ``kubernetes`` client models).
 
@@ -488,7 +495,8 @@ def _pytorchjob(
                     ),
                 )
                 for var, secret in _SECRET_ENV
-            ],
+            ]
+            + [k.V1EnvVar(name=var, value=value) for var, value in sorted(env.items())],
             resources=k.V1ResourceRequirements(**_resources(gpus)),
             volume_mounts=[
                 k.V1VolumeMount(name=_SHM_VOLUME, mount_path=_SHM_PATH),
@@ -588,6 +596,7 @@ def render_job(
     trainer_release: TrainerRelease = "2.3",
     owner: Mapping[str, str] | None = None,
     deadline_s: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Build the TrainJob or PyTorchJob for one training step with the upstream API models.
 
@@ -624,6 +633,8 @@ def render_job(
             ownerReference to it, so Kubernetes' garbage collector deletes the job (and its
             pods) when the pod is deleted, e.g. with a cancelled run's workflow.
         deadline_s: the longest the job may run (where the API has a deadline field).
+        env: more environment variables of the training pods (e.g. ``FA_PIPELINE_RUN``, so
+            the step's MLflow run nests under the pipeline's).
 
     Returns:
         The job as a JSON-ready dict (camelCase keys), ready for ``launch_and_wait``.
@@ -663,6 +674,7 @@ def render_job(
     placement: dict[str, Any] = {
         "metadata": metadata,
         "deadline_s": deadline_s,
+        "env": dict(env or {}),
         "nodes": nodes,
         "gpus": gpus_per_node,
         "image": image,

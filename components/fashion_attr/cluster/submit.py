@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: The launcher's variables the training pods get too (the pipeline run the step's MLflow
+#: run nests under).
+PROPAGATED_ENV = ("FA_PIPELINE_RUN", "FA_MLFLOW_PARENT_RUN_ID")
 
 
 @dataclass(frozen=True)
@@ -403,6 +406,7 @@ def run_step_on_cluster(
         trainer_release=release,
         owner=launcher_pod(namespace),
         deadline_s=int(timeout_s),
+        env={k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)},
     )
     try:
         return launch_and_wait(job, api=api, core_api=core_api, timeout_s=timeout_s, poll_s=poll_s)

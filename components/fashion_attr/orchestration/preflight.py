@@ -13,7 +13,6 @@ an endpoint that does not answer).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,14 @@ __all__ = [
 
 
 class PreflightError(ValueError):
-    """One or more pipeline inputs are wrong (the message lists each with its fix)."""
+    """One or more pipeline inputs are wrong (the message lists each with its fix).
+
+    Attributes:
+        retryable: every problem is an endpoint that could not be reached (a fault, exit 3,
+            not a user error: nothing in the inputs needs fixing).
+    """
+
+    retryable = False
 
 
 @dataclass
@@ -61,40 +67,19 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def check_mlflow(tracking_uri: str | None = None, timeout_s: float = 10.0) -> None:
-    """One request to the tracking server: is it set, reachable, and are we let in?
+def check_mlflow(tracking_uri: str | None = None, timeout_s: float = 5.0) -> None:
+    """One bounded check of the tracking server: is it set, reachable, and are we let in?
+
+    :func:`fashion_attr.endpoints.check_mlflow`: two tries of ``timeout_s`` each, so an
+    unreachable server fails in seconds (MLflow's own client would retry for minutes).
 
     Raises:
         ValueError: no tracking URI, or the server refused the credentials.
-        RuntimeError: the server could not be reached (names the URI).
+        RuntimeError: the server could not be reached (``retryable``; names the URI).
     """
-    from fashion_attr.credentials import adopt_uri_credentials, safe_uri
+    from fashion_attr.endpoints import check_mlflow as check_endpoint
 
-    adopt_uri_credentials()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise ValueError(
-            "MLFLOW_TRACKING_URI is not set. Fix: point it at the MLflow server (Kubernetes "
-            "config map pipeline-config) or a sqlite:///... file for a local run"
-        )
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except MlflowException as exc:
-        text = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or " 401" in text:
-            raise ValueError(
-                f"MLflow at {safe_uri(uri)} refused the credentials ({text}). Fix: set "
-                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (secret mlflow-credentials)"
-            ) from None
-        raise RuntimeError(
-            f"MLflow at {safe_uri(uri)} did not answer ({text}). Fix: check "
-            "MLFLOW_TRACKING_URI and that the tracking server is up"
-        ) from None
+    check_endpoint(tracking_uri, timeout_s=timeout_s, attempts=2)
 
 
 def _demo_or_path(uri: str) -> None:
@@ -149,6 +134,7 @@ def check_pipeline_inputs(
         PreflightError: listing every problem found.
     """
     problems: list[str] = []
+    faults: list[str] = []
     plan = Plan(parts=list(range(max(int(ingest_parts), 1))))
 
     def check(what: str, fn: Callable[[], Any]) -> Any:
@@ -156,6 +142,8 @@ def check_pipeline_inputs(
             return fn()
         except Exception as exc:  # every problem is collected, then reported together
             problems.append(f"{what}: {exc}")
+            if getattr(exc, "retryable", False):
+                faults.append(problems[-1])
             return None
 
     if preset and preset not in PRESETS:
@@ -243,9 +231,11 @@ def check_pipeline_inputs(
         check("MLflow", check_mlflow)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
-        raise PreflightError(
+        error = PreflightError(
             f"the pipeline inputs have {len(problems)} problem(s); nothing was run:\n{listed}"
         )
+        error.retryable = len(faults) == len(problems)
+        raise error
     return plan
 
 
@@ -302,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             mlflow=not args.no_mlflow,
         )
     except (PreflightError, ValueError) as exc:
-        print(f"preflight: error: {exc}", file=sys.stderr)
-        return 2
+        fault = getattr(exc, "retryable", False)
+        print(f"preflight: {'failed' if fault else 'error'}: {exc}", file=sys.stderr)
+        return 3 if fault else 2
     for note in plan.notes:
         print(f"preflight: {note}")
     print(f"preflight: every input checks out; ingest in {len(plan.parts)} part(s)")
