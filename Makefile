@@ -55,7 +55,7 @@ PORT ?= 5001
 MLFLOW_DB ?= $(CURDIR)/.local_pipeline/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-slow test-containers lint format run compile image \
+.PHONY: help install test test-all test-slow test-containers lint typecheck format run compile image \
 	serve predict mlflow-ui bench clean
 
 help: ## Show the targets
@@ -133,3 +133,6 @@ bench: $(STAMP) ## Quick CPU benchmarks (see bench/README.md)
 
 clean: ## Remove build outputs, local runs and their demo catalogs (keeps .venv)
 	rm -rf build .local_pipeline .pytest_cache .ruff_cache
+
+typecheck: $(STAMP) ## mypy (strict on steps/, orchestration/, training.py; see pyproject.toml)
+	$(VENV)/bin/mypy
