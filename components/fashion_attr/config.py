@@ -63,6 +63,13 @@ class PreprocessConfig(_Frozen):
     shard_max_bytes: int = Field(64 << 20, ge=1 << 16)
     workers: int = Field(1, ge=1)
     seed: int = 0
+    max_skipped_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Refuse a catalog batch when more of its records than this share name a "
+        "missing or undecodable image (a policy; duplicates do not count).",
+    )
 
 
 class GanQualityConfig(_Frozen):
