@@ -495,6 +495,15 @@ class AuditConfig(_Frozen):
     alpha: float = Field(
         0.01, gt=0, lt=1, description="Significance of each drift test (BH over labels)."
     )
+    group_by: Literal["folder", "image"] = Field(
+        "folder",
+        description="The unit the drift tests count: a product's images share a folder and "
+        "their labels (DeepFashion-C's img/<item>/...), so 'folder' counts products; "
+        "'image' treats every image as independent.",
+    )
+    max_group_size: int = Field(
+        50, ge=1, description="A folder with more images is no product: its images count alone."
+    )
     new_label_min_count: int = Field(
         2, ge=1, description="Positives in the batch that make a label unseen in the base 'new'."
     )

@@ -23,6 +23,14 @@ on the first ``feature_dims`` principal components of both together; the statist
 squared maximum mean discrepancy with a Gaussian kernel (median-distance bandwidth),
 and its p-value a permutation test (:func:`scipy.stats.permutation_test`).
 
+Products, not images. A catalog photographs each product several times and labels the
+product, so its images are not independent observations: counted one by one they make
+every test far too sure (measured on the demo catalog, about three images per product:
+see docs/catalog-audit.md). The tests therefore count products (``groups``, see
+:func:`~fashion_attr.audit.records.group_keys`): a batch product counts once in the
+label tests (its first record's labels), the base's train counts are divided by its
+mean images per product, and the image test permutes whole products.
+
 ``flagged`` is true when any test is significant at ``alpha`` (category mix, any
 attribute after BH, image features) or a new label appears; ``reasons`` says which.
 """
@@ -74,6 +82,8 @@ def label_drift(
     base: Manifest,
     records: Sequence[AuditRecord],
     *,
+    groups: Sequence[str] | None = None,
+    base_images_per_group: float = 1.0,
     new_manifest: Manifest | None = None,
     alpha: float = 0.01,
     new_label_min_count: int = 2,
@@ -84,6 +94,10 @@ def label_drift(
     Args:
         base: The base version's manifest (its train counts are the reference).
         records: The batch's records (unlabelled ones are skipped; unknown labels too).
+        groups: The product of each record (None: every record its own); a product
+            counts once, with its first labelled record's labels.
+        base_images_per_group: The base train split's mean images per product; its
+            counts are divided by it (so both sides count products).
         new_manifest: The new version's manifest (for the tail set after); None: skipped.
         alpha: Significance level of each test.
         new_label_min_count: Batch positives that make a label the base lacks "new".
@@ -97,9 +111,21 @@ def label_drift(
     cat_names = [c.name for c in base.categories]
     attr_names = [a.name for a in base.attributes]
     labelled = [r for r in records if r.labelled]
+    if groups is not None:
+        first: dict[str, AuditRecord] = {}
+        for r in labelled:
+            first.setdefault(groups[r.index], r)
+        labelled = list(first.values())
     n_batch = len(labelled)
     b_cat = np.bincount([int(r.category) for r in labelled], minlength=len(cat_names))
-    base_cat = np.asarray(base.train_category_counts, np.int64)
+    scale = max(float(base_images_per_group), 1.0)
+
+    def deflate(counts: Sequence[int]) -> np.ndarray:
+        # Images -> products; a label the base has at all keeps at least one product.
+        c = np.asarray(counts, np.float64)
+        return np.where(c > 0, np.maximum(np.rint(c / scale), 1), 0).astype(np.int64)
+
+    base_cat = deflate(base.train_category_counts)
     n_base = int(base_cat.sum())
 
     # Attribute counts among known labels.
@@ -113,11 +139,16 @@ def label_drift(
             known[list(r.unknown)] = False
         b_known += known
     b_neg = b_known - b_pos
-    base_pos = np.asarray(base.train_attribute_counts.positive, np.int64)
-    base_neg = np.asarray(base.train_attribute_counts.negative, np.int64)
+    base_pos = deflate(base.train_attribute_counts.positive)
+    base_neg = deflate(base.train_attribute_counts.negative)
 
     reasons: list[str] = []
-    out: dict[str, Any] = {"records": n_batch, "base_train_records": n_base}
+    out: dict[str, Any] = {
+        "records": len([r for r in records if r.labelled]),
+        "products": n_batch,
+        "base_train_products": n_base,
+        "base_images_per_product": round(scale, 3),
+    }
     if n_batch == 0:
         out.update(
             categories=[],
@@ -206,6 +237,7 @@ def label_drift(
         )
 
     # -- new and vanished labels ---------------------------------------------------------
+    raw_pos = np.asarray(base.train_attribute_counts.positive, np.int64)
     new_labels = [
         {"kind": "category", "name": cat_names[c], "batch": int(b_cat[c])}
         for c in range(len(cat_names))
@@ -213,7 +245,7 @@ def label_drift(
     ] + [
         {"kind": "attribute", "name": attr_names[j], "batch": int(b_pos[j])}
         for j in range(len(attr_names))
-        if base_pos[j] == 0 and b_pos[j] >= new_label_min_count
+        if raw_pos[j] == 0 and b_pos[j] >= new_label_min_count
     ]
     if new_labels:
         reasons.append(
@@ -237,7 +269,7 @@ def label_drift(
 
     # -- tail set ------------------------------------------------------------------------
     tail: dict[str, Any] | None = None
-    before = {attr_names[j] for j in range(len(attr_names)) if base_pos[j] < tail_threshold}
+    before = {attr_names[j] for j in range(len(attr_names)) if raw_pos[j] < tail_threshold}
     if new_manifest is not None:
         after_pos = new_manifest.train_attribute_counts.positive
         after = {attr_names[j] for j in range(len(attr_names)) if after_pos[j] < tail_threshold}
@@ -264,6 +296,8 @@ def feature_drift(
     reference: np.ndarray,
     batch: np.ndarray,
     *,
+    reference_groups: Sequence[str] | None = None,
+    batch_groups: Sequence[str] | None = None,
     alpha: float = 0.01,
     dims: int = 32,
     permutations: int = 1000,
@@ -275,6 +309,9 @@ def feature_drift(
     Args:
         reference: ``[n, D]`` champion features of held-out base images.
         batch: ``[m, D]`` champion features of the batch's images.
+        reference_groups: The product of each reference image (None: one per image).
+        batch_groups: The product of each batch image (None: one per image). The
+            permutations move whole products from side to side.
         alpha: Significance level.
         dims: Principal components of the reference kept.
         permutations: Resamples of the permutation test.
@@ -288,21 +325,34 @@ def feature_drift(
         fewer than 10 images).
     """
     rng = np.random.default_rng(seed)
-    if len(reference) < 10 or len(batch) < 10:
+    ref_g = _group_ids(reference_groups, len(reference))
+    new_g = _group_ids(batch_groups, len(batch))
+    if len(reference) < 10 or len(batch) < 10 or ref_g.max() < 4 or new_g.max() < 4:
         return {
             "tested": False,
             "flagged": False,
             "reference": len(reference),
             "batch": len(batch),
-            "note": "fewer than 10 images on a side: image-feature drift not tested",
+            "note": "fewer than 10 images (or 5 products) on a side: image-feature drift "
+            "not tested",
         }
 
-    def sample(x: np.ndarray) -> np.ndarray:
+    def sample(x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Whole products until max_images: the kernel matrix grows with the square.
         if len(x) <= max_images:
-            return x
-        return x[np.sort(rng.choice(len(x), max_images, replace=False))]
+            return x, g
+        keep, total = [], 0
+        for group in rng.permutation(int(g.max()) + 1):
+            members = np.flatnonzero(g == group)
+            if total and total + len(members) > max_images:
+                continue
+            keep.append(members)
+            total += len(members)
+        idx = np.sort(np.concatenate(keep))
+        return x[idx], np.unique(g[idx], return_inverse=True)[1]
 
-    ref, new = sample(reference.astype(np.float64)), sample(batch.astype(np.float64))
+    ref, ref_g = sample(reference.astype(np.float64), ref_g)
+    new, new_g = sample(batch.astype(np.float64), new_g)
     # Standardise and project with statistics of the POOLED sample: fitted on the reference
     # alone, its top components would carry more of its own variance than of any other
     # sample's, a difference the test finds even between two draws of one distribution
@@ -320,21 +370,29 @@ def feature_drift(
     bandwidth = float(np.median(off)) or 1.0
     kernel = np.exp(-d2 / bandwidth)
     n, m = len(ref), len(new)
+    # Products of the pooled sample: reference ones first, then the batch's.
+    g_ref, g_new = int(ref_g.max()) + 1, int(new_g.max()) + 1
+    pooled_g = np.concatenate([ref_g, g_ref + new_g])
+    member = np.zeros((g_ref + g_new, n + m))
+    member[pooled_g, np.arange(n + m)] = 1.0
 
     def mmd2(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        # x, y: indices into the pooled sample (batched over resamples). w'Kw with
-        # w = 1/n on x and -1/m on y is the (biased) squared MMD of that split.
+        # x, y: product ids on each side (batched over resamples). w'Kw with w = 1/n_x on
+        # the images of x and -1/n_y on those of y is the (biased) squared MMD of that split.
         x = np.moveaxis(np.asarray(x), axis, -1).astype(np.int64)
         y = np.moveaxis(np.asarray(y), axis, -1).astype(np.int64)
         flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-        w = np.zeros((flat_x.shape[0], n + m))
         rows = np.arange(flat_x.shape[0])[:, None]
-        w[rows, flat_x] = 1.0 / flat_x.shape[-1]
-        w[rows, flat_y] = -1.0 / flat_y.shape[-1]
+        sx = np.zeros((flat_x.shape[0], g_ref + g_new))
+        sy = np.zeros_like(sx)
+        sx[rows, flat_x] = 1.0
+        sy[rows, flat_y] = 1.0
+        ax, ay = sx @ member, sy @ member
+        w = ax / ax.sum(axis=1, keepdims=True) - ay / ay.sum(axis=1, keepdims=True)
         return ((w @ kernel) * w).sum(axis=1).reshape(x.shape[:-1])
 
     test = stats.permutation_test(
-        (np.arange(n), np.arange(n, n + m)),
+        (np.arange(g_ref), np.arange(g_ref, g_ref + g_new)),
         mmd2,
         permutation_type="independent",
         vectorized=True,
@@ -350,11 +408,21 @@ def feature_drift(
         "p_value": p,
         "reference": n,
         "batch": m,
+        "reference_products": g_ref,
+        "batch_products": g_new,
         "dims": k,
         "bandwidth": bandwidth,
         "permutations": permutations,
         "flagged": p < alpha,
     }
+
+
+def _group_ids(groups: Sequence[str] | None, n: int) -> np.ndarray:
+    """Dense ids ``0..G-1`` of the groups (each item its own when None)."""
+    if groups is None:
+        return np.arange(n, dtype=np.int64)
+    keys = np.asarray(list(groups), dtype=object)
+    return np.unique(keys, return_inverse=True)[1].astype(np.int64)
 
 
 def drift_report(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +31,14 @@ from fashion_attr.data.shards import (
     resolve_shard_uri,
 )
 
-__all__ = ["AuditRecord", "BatchSet", "collect_batch", "norm_uri", "read_member_meta"]
+__all__ = [
+    "AuditRecord",
+    "BatchSet",
+    "collect_batch",
+    "group_keys",
+    "norm_uri",
+    "read_member_meta",
+]
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,26 @@ class BatchSet:
             else:
                 out.append((path, [rec.member]))
         return out
+
+
+def group_keys(images: Sequence[str], by: str = "folder", max_group_size: int = 50) -> list[str]:
+    """The product each image belongs to, for tests that must count products, not images.
+
+    A catalog photographs a product several times and labels the product: its images
+    share labels and look alike, so counting them as independent observations makes a
+    test far too sure of itself. DeepFashion-C keeps a product's images in one folder
+    (``img/<Item_Folder>/img_00000001.jpg``), so ``by="folder"`` groups images by their
+    folder; a folder with more than ``max_group_size`` images is a catalog's flat
+    image folder, not a product, and its images count alone. ``by="image"``: one
+    group per image.
+    """
+    if by == "image":
+        return list(images)
+    folders = [posixpath.dirname(i) for i in images]
+    sizes = Counter(folders)
+    return [
+        f if f and sizes[f] <= max_group_size else i for f, i in zip(folders, images, strict=True)
+    ]
 
 
 def norm_uri(uri: str) -> str:

@@ -39,7 +39,7 @@ from fashion_attr.audit.issues import (
     thresholds_from_labelled,
 )
 from fashion_attr.audit.policy import PolicyOutcome, apply_policy
-from fashion_attr.audit.records import BatchSet, collect_batch, read_member_meta
+from fashion_attr.audit.records import BatchSet, collect_batch, group_keys, read_member_meta
 from fashion_attr.audit.report import Report, Thumbnail, thumbnail_jpeg
 from fashion_attr.audit.scoring import Champion, ChampionOutputs, load_champion, score_members
 from fashion_attr.audit.tags import (
@@ -49,8 +49,9 @@ from fashion_attr.audit.tags import (
     tag_records,
 )
 from fashion_attr.config import AuditConfig
+from fashion_attr.data.ingest.engine import iter_index, read_index
 from fashion_attr.data.loader import fetch_shards
-from fashion_attr.data.shards import ShardMember
+from fashion_attr.data.shards import ShardMember, resolve_shard_uri
 
 __all__ = ["FILES", "AuditOutcome", "audit_version"]
 
@@ -124,6 +125,7 @@ class _Reference:
     """The base's held-out images the champion scored, and the val part's labels."""
 
     outputs: ChampionOutputs
+    images: list[str]
     val_rows: list[int]
     categories: list[int]
     targets: np.ndarray
@@ -156,10 +158,11 @@ def _reference(
         label="audit: score the base's held-out reference,",
     )
     val_rows = [i for i, (_, _, s) in enumerate(pairs) if s == "val"]
+    metas = [read_member_meta(path, member) for path, member, _ in pairs]
     n_attr = base.num_attributes
     categories, targets, known = [], np.zeros((len(val_rows), n_attr), np.int8), []
     for row, i in enumerate(val_rows):
-        meta = read_member_meta(pairs[i][0], pairs[i][1])
+        meta = metas[i]
         categories.append(int(meta["category"]))
         if meta["positives"]:
             targets[row, meta["positives"]] = 1
@@ -169,11 +172,25 @@ def _reference(
         known.append(k)
     return _Reference(
         outputs,
+        [str(meta.get("image", "")) for meta in metas],
         val_rows,
         categories,
         targets,
         np.asarray(known, bool).reshape(len(val_rows), n_attr),
     )
+
+
+def _base_images_per_group(batch: BatchSet, cfg: AuditConfig) -> float:
+    """The base train split's mean images per product (from its content index)."""
+    base = batch.base_manifest
+    try:
+        data = read_index(resolve_shard_uri(batch.base_uri, base.index.uri), base.index.sha256)
+    except (ValueError, OSError):
+        return 1.0  # an unreadable index: count images (the tests are then less strict)
+    images = [e["image"] for e in iter_index(data) if e.get("split") == "train"]
+    if not images:
+        return 1.0
+    return len(images) / len(set(group_keys(images, cfg.group_by, cfg.max_group_size)))
 
 
 def _memory(champion: Champion, ref: _Reference | None, n_attr: int, n_cat: int):
@@ -249,9 +266,12 @@ def audit_version(
     m = batch.manifest
     cats, attrs = [c.name for c in m.categories], [a.name for a in m.attributes]
     groups = [a.group for a in m.attributes]
+    products = group_keys([r.image for r in batch.records], cfg.group_by, cfg.max_group_size)
     labels = label_drift(
         batch.base_manifest,
         batch.records,
+        groups=products,
+        base_images_per_group=_base_images_per_group(batch, cfg),
         new_manifest=m,
         alpha=cfg.alpha,
         new_label_min_count=cfg.new_label_min_count,
@@ -324,6 +344,8 @@ def audit_version(
         feature_drift(
             ref.outputs.features,
             scored.features,
+            reference_groups=group_keys(ref.images, cfg.group_by, cfg.max_group_size),
+            batch_groups=products,
             alpha=cfg.alpha,
             dims=cfg.feature_dims,
             permutations=cfg.permutations,
