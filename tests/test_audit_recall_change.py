@@ -78,7 +78,9 @@ def test_the_champion_alias_resolves_through_mlflow_and_the_audit_is_logged(tmp_
     with pytest.raises(ValueError, match="models:/<name>@<alias>"):
         resolve_champion("models:/fa")
 
-    run = client.create_run(client.create_experiment("audit"))
+    run = client.create_run(
+        client.create_experiment("audit", artifact_location=str(tmp_path / "artifacts"))
+    )
     out = tmp_path / "audit"
     out.mkdir()
     (out / "report.md").write_text("# report\n")
