@@ -92,8 +92,8 @@ class Champion:
                 f"champion {self.uri} was trained on another label layout than dataset "
                 f"{manifest.version} ({len(self.meta['category_names'])} categories / "
                 f"{len(self.meta['attribute_names'])} attributes vs {len(cats)} / {len(attrs)}). "
-                "Fix: audit with a champion of this dataset's lineage, or skip the audit for "
-                "this run (--no-champion)"
+                "Fix: audit with a champion of this dataset's lineage, or run the audit without "
+                "--champion (the label drift alone)"
             )
 
     @property
