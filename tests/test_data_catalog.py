@@ -74,9 +74,32 @@ def test_not_an_object() -> None:
 
 
 def test_missing_field() -> None:
-    e = error(GOOD, {"image": "b.jpg", "category": "Tee"})
-    assert e.line == 2 and "'attributes'" in e.message
-    assert "image, category, attributes" in e.fix
+    e = error(GOOD, {"category": "Tee", "attributes": []})
+    assert e.line == 2 and "'image'" in e.message
+    assert "omit both category and attributes for an unlabelled image" in e.fix
+
+
+def test_records_without_labels_are_unlabelled_never_negatives() -> None:
+    unlabelled, category_only, null_labels = read(
+        {"image": "new/1.jpg"},
+        {"image": "new/2.jpg", "category": "Tee"},
+        {"image": "new/3.jpg", "category": None, "attributes": None, "split": "val"},
+    )
+    assert not unlabelled.labelled and unlabelled.category is None
+    assert unlabelled.positives == () and unlabelled.unknown == ()
+    # A category alone: known category, every attribute unknown (masked, not negative).
+    assert category_only.labelled and category_only.category == 0
+    assert category_only.positives == () and category_only.unknown == (0, 1, 2, 3, 4)
+    assert not null_labels.labelled and null_labels.split == "val"
+    # An explicitly empty list still means "all negative".
+    (all_negative,) = read({"image": "x.jpg", "category": "Tee", "attributes": []})
+    assert all_negative.labelled and all_negative.unknown == ()
+
+
+def test_attributes_without_category_is_refused_with_the_fix() -> None:
+    e = error(GOOD, {"image": "b.jpg", "attributes": ["red"]})
+    assert e.line == 2 and "without a 'category'" in e.message
+    assert "add the record's category" in e.fix and "unlabelled" in e.fix
 
 
 def test_extra_field_suggests_close_name() -> None:

@@ -68,6 +68,13 @@ class PreprocessConfig(_Frozen):
         description="Hash every source image again instead of trusting the fingerprint cache "
         "(a same-size change with its modification time restored is then seen).",
     )
+    max_skipped_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Refuse a catalog batch when more of its records than this share name a "
+        "missing or undecodable image (a policy; duplicates do not count).",
+    )
 
 
 class GanQualityConfig(_Frozen):
@@ -470,3 +477,64 @@ def load_config(
 def config_to_dict(config: BaseModel) -> dict[str, Any]:
     """JSON-safe dict of a config (aliases used, so it loads back with load_config)."""
     return config.model_dump(mode="json", by_alias=True)
+
+
+class AuditConfig(_Frozen):
+    """``audit``: what each new catalog batch teaches, before training (docs/catalog-audit.md).
+
+    The champion scores the images a run folded in; the step writes a label-issue queue,
+    a drift report, tags for unlabelled images and a labelling queue beside the version.
+    """
+
+    label_issues: Literal["report", "exclude", "downweight"] = Field(
+        "report",
+        description="What becomes of flagged train records: listed only (report); left out "
+        "of a derived version (exclude); their disputed attribute labels masked as unknown, "
+        "a disputed category left out (downweight). Val/test records are only reported.",
+    )
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both"] = Field(
+        "prune_by_noise_rate",
+        description="cleanlab's confident-learning filter (per-class thresholds from the "
+        "champion on the base version's val split).",
+    )
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="Significance of each drift test (BH over labels)."
+    )
+    group_by: Literal["folder", "image"] = Field(
+        "folder",
+        description="The unit the drift tests count: a product's images share a folder and "
+        "their labels (DeepFashion-C's img/<item>/...), so 'folder' counts products; "
+        "'image' treats every image as independent.",
+    )
+    max_group_size: int = Field(
+        50, ge=1, description="A folder with more images is no product: its images count alone."
+    )
+    new_label_min_count: int = Field(
+        2, ge=1, description="Positives in the batch that make a label unseen in the base 'new'."
+    )
+    permutations: int = Field(
+        1000, ge=99, description="Permutations of the image-feature (MMD) two-sample test."
+    )
+    feature_dims: int = Field(
+        32, ge=1, description="Principal components of the champion's features for the MMD."
+    )
+    max_reference: int = Field(
+        2000, ge=10, description="Base val+test images scored as the feature reference."
+    )
+    tail_threshold: int | None = Field(
+        None, ge=1, description="Tail = fewer train positives; None: the evaluate step's."
+    )
+    tag_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Attribute probability at which a tag is given."
+    )
+    top_k: int = Field(3, ge=1, description="Tags listed per attribute group (and overall).")
+    thumbnails: int = Field(8, ge=0, description="Top label issues shown as thumbnails.")
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    device: Device = "auto"
+    seed: int = Field(0, description="Seeds the reference sample and the permutations.")
+
+
+# Registered here, at the end, so the audit step is one appended block of this module.
+_SECTIONS[AuditConfig] = "audit"
+__all__ += ["AuditConfig"]

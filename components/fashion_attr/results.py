@@ -244,3 +244,85 @@ class RegisterResult(StepResult):
     run_id: str | None = None
     metrics_uri: str = ""
     dataset_version: str | None = None
+
+
+class AuditResult(StepResult):
+    """What ``audit`` found in the batches a run folded in (docs/catalog-audit.md).
+
+    Attributes:
+        status: ``audited``; ``no-champion`` (label drift only: no model to score with);
+            ``nothing-new`` (the run folded nothing in: no file written).
+        dataset_version: the version training should use: the audited one, or the one
+            the policy derived (``exclude`` / ``downweight`` with flagged train records).
+        dataset_uri: its folder.
+        audited_version: the version the audit read (what the ingest published).
+        audited_uri: its folder.
+        base_version: the version the run started from.
+        batches: the batches folded in since the base, oldest first.
+        out: where the files went (``<audited version>/audit`` by default).
+        files: ``label_issues``, ``drift``, ``tags``, ``to_label``, ``report_md``,
+            ``report_html`` -> URI (those written).
+        thumbnails: thumbnails of the top label issues.
+        champion: the champion ``model.pt`` that scored, or None.
+        champion_ref: how it was named (``models:/<name>@champion``, or the file).
+        records: new records; ``labelled`` + ``unlabelled``.
+        labelled: records with labels (a category at least).
+        unlabelled: records without labels.
+        label_issues: records whose labels the champion disputes.
+        issues_by_kind: records per issue kind (a record may count twice).
+        policy: ``audit.label_issues``.
+        derived: whether the policy published a derived version.
+        excluded: train records the policy left out.
+        masked: train records whose disputed attribute labels were masked.
+        policy_record: the derived version's ``audit_policy.json``.
+        drift_flagged: whether any drift test flagged the batch.
+        drift_reasons: why, in words.
+        tagged: records tagged (no labels, or a category alone).
+        to_label: records in the labelling queue.
+        scored: images the champion scored (batch and reference).
+        images_per_s: the batch scoring pass's rate (None: nothing scored).
+        hardness: where the labelling queue's label hardness came from.
+        notes: what a person should know.
+        latest: the ``LATEST`` pointer this run moved (to a derived version), else None.
+        mlflow_run_id: the MLflow run the audit was logged to, else None.
+        metrics: the audit's figures as flat metrics (KFP Metrics, MLflow).
+    """
+
+    step = "audit"
+
+    status: str
+    dataset_version: str
+    dataset_uri: str
+    audited_version: str
+    audited_uri: str
+    base_version: str
+    batches: list[str] = Field(default_factory=list)
+    out: str = ""
+    files: dict[str, str] = Field(default_factory=dict)
+    thumbnails: list[str] = Field(default_factory=list)
+    champion: str | None = None
+    champion_ref: str | None = None
+    records: int = 0
+    labelled: int = 0
+    unlabelled: int = 0
+    label_issues: int = 0
+    issues_by_kind: dict[str, int] = Field(default_factory=dict)
+    policy: str = "report"
+    derived: bool = False
+    excluded: int = 0
+    masked: int = 0
+    policy_record: str | None = None
+    drift_flagged: bool = False
+    drift_reasons: list[str] = Field(default_factory=list)
+    tagged: int = 0
+    to_label: int = 0
+    scored: int = 0
+    images_per_s: float | None = None
+    hardness: str = ""
+    notes: list[str] = Field(default_factory=list)
+    latest: str | None = None
+    mlflow_run_id: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+__all__ += ["AuditResult"]

@@ -9,15 +9,25 @@ DeepFashion-C layout, one JSON object per line::
 Fields:
 
 - ``image`` (required, non-empty string): a local path or an S3 URI, kept as given.
-- ``category`` (required, string): a category name of ``list_category_cloth.txt``.
-- ``attributes`` (required, list of strings, may be empty): the positive
-  attributes by name; every attribute not listed is negative. Listing a name
-  twice is harmless.
+- ``category`` (string): a category name of ``list_category_cloth.txt``.
+- ``attributes`` (list of strings, may be empty): the positive attributes by
+  name; every attribute not listed is negative. Listing a name twice is harmless.
 - ``bbox`` (optional): ``[x1, y1, x2, y2]`` in pixels with ``x2 > x1`` and
   ``y2 > y1``. Numbers may be floats (detector output); they are rounded to the
   nearest pixel. Absent or ``null`` means the whole image (``bbox=None``).
   The box is clamped to the image at crop time, like DeepFashion-C boxes.
 - ``split`` (optional): ``"train"`` (default), ``"val"`` or ``"test"``.
+
+Labels may be omitted (absent or ``null``), which is how new products arrive:
+
+- both ``category`` and ``attributes``: a labelled record (trained on);
+- ``category`` alone: the category is known and every attribute is *unknown*
+  (masked out of losses and metrics, never read as a negative);
+- neither: an *unlabelled* record (``labelled=False``). It is never trained or
+  evaluated on; the batch audit tags it with the champion and ranks it for
+  labelling (:mod:`fashion_attr.audit`);
+- ``attributes`` without ``category`` is an error: every trained record needs its
+  category (give it, or drop both to hand the image in unlabelled).
 
 Names are matched exactly (case-sensitive). An unknown name is an error that
 lists the valid names (the first 20 and how many more) and the closest matches.
@@ -42,8 +52,10 @@ from fashion_attr.data.annotations import (
     Category,
 )
 
-REQUIRED_FIELDS: tuple[str, ...] = ("image", "category", "attributes")
-OPTIONAL_FIELDS: tuple[str, ...] = ("bbox", "split")
+REQUIRED_FIELDS: tuple[str, ...] = ("image",)
+#: ``category`` and ``attributes`` may be omitted: see the module docstring.
+LABEL_FIELDS: tuple[str, ...] = ("category", "attributes")
+OPTIONAL_FIELDS: tuple[str, ...] = (*LABEL_FIELDS, "bbox", "split")
 DEFAULT_SPLIT = "train"
 #: How many valid names an "unknown name" error lists before summarising the rest.
 MAX_LISTED_NAMES = 20
@@ -59,22 +71,25 @@ class CatalogRecord:
 
     Attributes:
         image: Local path or S3 URI, as given in the file.
-        category: 0-based category index.
+        category: 0-based category index; ``None`` for an unlabelled record.
         positives: Sorted 0-based indices of the listed attributes.
         bbox: ``(x1, y1, x2, y2)`` or None for the whole image.
         split: ``"train"``, ``"val"`` or ``"test"``.
-        unknown: Always empty (the catalog format has no unknown labels); kept
-            so that code handling :class:`ImageRecord` handles this too.
+        unknown: Attribute indices whose label is unknown: every attribute of a
+            record that gives its category but no ``attributes``, else empty.
         line: Line of the record in its file, for later error messages.
+        labelled: False for a record without labels (neither category nor
+            attributes): kept out of training and evaluation, tagged by the audit.
     """
 
     image: str
-    category: int
+    category: int | None
     positives: tuple[int, ...]
     bbox: tuple[int, int, int, int] | None
     split: str
     unknown: tuple[int, ...] = ()
     line: int = 0
+    labelled: bool = True
 
 
 def describe_names(valid: Sequence[str], limit: int = MAX_LISTED_NAMES) -> str:
@@ -177,12 +192,14 @@ def read_catalog_jsonl(
         attributes: The dataset's attributes (names resolve to their index).
 
     Yields:
-        One :class:`CatalogRecord` per non-blank line.
+        One :class:`CatalogRecord` per non-blank line (``labelled=False`` for a
+        record without labels).
 
     Raises:
         AnnotationError: Invalid JSON, a line that is not an object, missing or
-            extra fields, wrong types, unknown category or attribute name, bad
-            split, empty box, or an image listed twice; each names the file and line.
+            extra fields, wrong types, unknown category or attribute name,
+            attributes without a category, bad split, empty box, or an image
+            listed twice; each names the file and line.
     """
     cat_index: dict[str, int] = {}
     for i, c in enumerate(categories):
@@ -240,7 +257,8 @@ def read_catalog_jsonl(
                 line_no,
                 f"missing field(s) {', '.join(repr(f) for f in missing)}",
                 f"every record needs {', '.join(REQUIRED_FIELDS)} (optional: "
-                f"{', '.join(OPTIONAL_FIELDS)}), e.g. {_EXAMPLE}",
+                f"{', '.join(OPTIONAL_FIELDS)}; omit both category and attributes for an "
+                f"unlabelled image), e.g. {_EXAMPLE}",
             )
         extra = [k for k in obj if k not in allowed]
         if extra:
@@ -273,27 +291,37 @@ def read_catalog_jsonl(
             )
         seen[image] = line_no
 
-        category = obj["category"]
-        if not isinstance(category, str):
-            raise _type_error(name, line_no, "category", "a category name (string)", category)
-        if category not in cat_index:
-            raise _unknown_name(
-                name, line_no, "category", "category", category, cat_names, CATEGORY_CLOTH
+        category = obj.get("category")
+        attrs = obj.get("attributes")
+        if category is None and attrs is not None:
+            raise AnnotationError(
+                name,
+                line_no,
+                "field 'attributes' is given without a 'category'",
+                "add the record's category, or drop 'attributes' too to hand the image in "
+                "unlabelled (the audit then tags it and ranks it for labelling)",
             )
-
-        attrs = obj["attributes"]
-        if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
-            raise _type_error(
-                name, line_no, "attributes", "a list of attribute names (strings)", attrs
-            )
-        pos: set[int] = set()
-        for a in attrs:
-            idx = attr_index.get(a)
-            if idx is None:
+        if category is not None:
+            if not isinstance(category, str):
+                raise _type_error(name, line_no, "category", "a category name (string)", category)
+            if category not in cat_index:
                 raise _unknown_name(
-                    name, line_no, "attributes", "attribute", a, attr_names, ATTR_CLOTH
+                    name, line_no, "category", "category", category, cat_names, CATEGORY_CLOTH
                 )
-            pos.update(idx)
+
+        pos: set[int] = set()
+        if attrs is not None:
+            if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
+                raise _type_error(
+                    name, line_no, "attributes", "a list of attribute names (strings)", attrs
+                )
+            for a in attrs:
+                idx = attr_index.get(a)
+                if idx is None:
+                    raise _unknown_name(
+                        name, line_no, "attributes", "attribute", a, attr_names, ATTR_CLOTH
+                    )
+                pos.update(idx)
 
         split = obj.get("split", DEFAULT_SPLIT)
         if not isinstance(split, str) or split not in SPLITS:
@@ -304,11 +332,16 @@ def read_catalog_jsonl(
                 f'use "train", "val" or "test" (or omit it for {DEFAULT_SPLIT!r})',
             )
 
+        # A category without attributes: every attribute is unknown (masked), never a
+        # negative; no category at all: unlabelled.
+        unknown = tuple(range(len(attributes))) if category is not None and attrs is None else ()
         yield CatalogRecord(
             image=image,
-            category=cat_index[category],
+            category=cat_index[category] if category is not None else None,
             positives=tuple(sorted(pos)),
             bbox=_parse_bbox(obj.get("bbox"), name, line_no),
             split=split,
+            unknown=unknown,
             line=line_no,
+            labelled=category is not None,
         )

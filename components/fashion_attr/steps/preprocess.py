@@ -35,6 +35,7 @@ does and :mod:`fashion_attr.data.shards` for the output format.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,8 +181,15 @@ def _incremental(
     ref = start
     for uri in pending:
         current = ingest_batch(
-            dest, base=ref, batch=uri, progress=progress, **_settings(cfg, incremental=True)
+            dest,
+            base=ref,
+            batch=uri,
+            progress=progress,
+            max_skipped_fraction=cfg.max_skipped_fraction,
+            **_settings(cfg, incremental=True),
         )
+        for note in current.notes:  # skipped images, unlabelled records: said, not silent
+            print(f"preprocess: note: {note}", file=sys.stderr)
         ref = current.version
         if current.created:
             chain.append(current.version)

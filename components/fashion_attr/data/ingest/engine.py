@@ -117,6 +117,10 @@ class IngestResult:
         created: ``False`` when the manifest (or this part's manifest) already existed
             and the run did nothing.
         part: The part this run wrote, or ``None``.
+        unlabelled: Unlabelled records of a catalog batch, stored for the audit's tags
+            (``<version>/unlabelled.json``), never trained on.
+        notes: What a person should know about this run (skipped images under the
+            threshold, a batch without labelled records); logged as warnings.
     """
 
     version: str
@@ -124,6 +128,8 @@ class IngestResult:
     manifest: Manifest | None
     created: bool
     part: int | None = None
+    unlabelled: int = 0
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """A one-line JSON-able summary (what the CLI prints)."""
@@ -137,6 +143,8 @@ class IngestResult:
         }
         if self.part is not None:
             out["part"] = self.part
+        if self.unlabelled:
+            out["unlabelled"] = self.unlabelled
         if self.manifest is not None:
             out["counts"] = dict(self.manifest.counts)
             out["skipped"] = len(self.manifest.skipped)
@@ -533,13 +541,16 @@ def ingest_tasks(
                 delete_quietly([storage.join(version_uri, w.name) for w in writer.written])
         remove_empty_local_dir(version_uri)
         raise
+    # The manifest's splits first, then any other shard set (a batch's unlabelled images).
     shards = {
         split: [
             {"uri": w.name, "samples": w.samples, "bytes": w.bytes, "sha256": w.sha256}
             for w in writers[split].written
         ]
-        for split in SPLITS
-        if split in writers
+        for split in [
+            *(s for s in SPLITS if s in writers),
+            *(s for s in writers if s not in SPLITS),
+        ]
     }
     return _PartOutput(acc, shards, index_buf.getvalue(), entries)
 
