@@ -159,6 +159,37 @@ def unchanged(plan_decision: str, training_key: str, model_name: str) -> str:
     )
 
 
+def audit(
+    dataset: Input[Dataset],
+    storage_uri: str,
+    pipeline_run: str,
+    preset: str,
+    model_name: str,
+    gpus: int,
+    audited: Output[Dataset],
+    result: Output[Artifact],
+    report: Output[Markdown],
+    report_html: Output[HTML],
+    metrics: Output[Metrics],
+) -> str:
+    """Audit the new catalog batches with the champion: label issues, drift, tags (1b)."""
+    from fashion_attr.orchestration import kfp_adapter
+
+    return kfp_adapter.audit(
+        dataset=dataset,
+        storage_uri=storage_uri,
+        pipeline_run=pipeline_run,
+        preset=preset,
+        model_name=model_name,
+        gpus=gpus,
+        audited=audited,
+        result=result,
+        report=report,
+        report_html=report_html,
+        metrics=metrics,
+    )
+
+
 def gan_training(
     dataset: Input[Dataset],
     storage_uri: str,
@@ -262,6 +293,7 @@ def registration(
     gate_tolerance: float,
     training_key: str,
     gpus: int,
+    audit_result: Input[Artifact],
     result: Output[Artifact],
 ) -> str:
     """Register in MLflow and apply the like-for-like promotion gate (component 4b)."""
@@ -279,6 +311,7 @@ def registration(
         gate_tolerance=gate_tolerance,
         training_key=training_key,
         gpus=gpus,
+        audit_result=audit_result,
         result=result,
     )
 
@@ -290,6 +323,7 @@ FUNCTIONS = (
     ingest,
     plan,
     unchanged,
+    audit,
     gan_training,
     classifier_training,
     evaluation,

@@ -3,7 +3,8 @@
 ::
 
     validation -> ingest_part x N (ParallelFor) -> ingest -> plan (CPU)
-        plan = "train":     gan_training (GPU) -> classifier_training (GPU, frozen generator)
+        plan = "train":     audit (GPU: the champion scores the new batches) -> gan_training
+                            (GPU) -> classifier_training (GPU, frozen generator)
                             -> evaluation (GPU) -> registration (GPU: scores the champion too)
         plan = "unchanged": unchanged (nothing new: no GPU task, no new model version)
 
@@ -78,6 +79,7 @@ LONGEST_TASK_S = {
     "ingest": 6 * 3600,
     "plan": 15 * 60,
     "unchanged": 15 * 60,
+    "audit": 2 * 3600,
     "gan-training": 24 * 3600,
     "classifier-training": 24 * 3600,
     "evaluation": 2 * 3600,
@@ -311,6 +313,18 @@ def build_pipeline(settings: CompileSettings) -> Any:
         on_cpu(decided, memory="2Gi", cpu="1")
 
         with dsl.If(decided.outputs["decision"] == "train", name="something-new"):
+            audited = c.audit(
+                dataset=dataset,
+                storage_uri=storage_uri,
+                pipeline_run=run_id,
+                preset=preset,
+                model_name=model_name,
+                gpus=scoring_gpus,
+            )
+            task_setup(audited, "audit", "audit new batches (champion)", mlflow=True)
+            on_gpu(audited, scoring_gpus, memory="16Gi", cpu="4")
+            dataset = audited.outputs["audited"]  # the version training reads
+
             gan = c.gan_training(
                 dataset=dataset,
                 storage_uri=storage_uri,
@@ -356,6 +370,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
                 gate_tolerance=gate_tolerance,
                 training_key=decided.outputs["training_key"],
                 gpus=scoring_gpus,
+                audit_result=audited.outputs["result"],
             )
             task_setup(reg, "registration", "register + gate (paired)", mlflow=True)
             on_gpu(reg, scoring_gpus, memory="16Gi", cpu="4")  # scores the champion too

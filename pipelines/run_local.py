@@ -414,6 +414,16 @@ def _print_summary(
     print(f"Gate decision   : {summary.get('reason')}")
     if summary.get("gate_table"):
         print("\n" + summary["gate_table"])
+    audit = summary.get("audit") or {}
+    if audit.get("files"):
+        print(
+            f"\nAudit of the new batch ({audit['status']}): {audit['label_issues']} label "
+            f"issue(s), drift {'FLAGGED' if audit['drift_flagged'] else 'not flagged'}, "
+            f"{audit['tagged']} unlabelled image(s) tagged, {audit['to_label']} in the "
+            "labelling queue:"
+        )
+        for name, uri in sorted(audit["files"].items()):
+            print(f"    {name:<13} {uri}")
     # The make targets default to `make run`'s folder and model; name them otherwise.
     where = []
     if workdir != (ROOT / DEFAULT_WORKDIR).resolve():

@@ -121,10 +121,10 @@ class CompileSettings(BaseModel):
 
     @property
     def gpu_tasks(self) -> int:
-        """Tasks placed on the GPU pool: training (single node), evaluation, registration."""
+        """Tasks on the GPU pool: training (single node), audit, evaluation, registration."""
         if self.gpus_per_step == 0:
             return 0
-        return 2 if self.train_nodes > 1 else 4
+        return 3 if self.train_nodes > 1 else 5
 
     def check_for_cluster(self) -> None:
         """Refuse settings no cluster can run: an image that is not pinned by digest.

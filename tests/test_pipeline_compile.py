@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 GOLDEN = Path(__file__).parent / "golden" / "fashion-attr-retraining.yaml"
-GPU_STEPS = {"gan-training", "classifier-training", "evaluation", "registration"}
+GPU_STEPS = {"audit", "gan-training", "classifier-training", "evaluation", "registration"}
 CPU_STEPS = {"validation", "ingest-part", "ingest"}
 
 

@@ -226,6 +226,8 @@ class RegisterResult(StepResult):
         run_id: the MLflow run that logged the version.
         metrics_uri: the challenger's ``metrics.json``.
         dataset_version: the dataset the model was trained on.
+        audit: what the audit of the batches the model's data folded in found (status,
+            counts, ``files``), when there was one.
     """
 
     step = "register"
@@ -244,6 +246,7 @@ class RegisterResult(StepResult):
     run_id: str | None = None
     metrics_uri: str = ""
     dataset_version: str | None = None
+    audit: dict[str, Any] = Field(default_factory=dict)
 
 
 class AuditResult(StepResult):

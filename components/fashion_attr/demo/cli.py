@@ -1,4 +1,4 @@
-"""Command line: ``python -m fashion_attr.demo --out DIR --images N --seed S``."""
+"""Command line: ``python -m fashion_attr.demo --out DIR --images N --seed S [--batch F]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fashion_attr.data.annotations import load_annotations_from_dir
+from fashion_attr.demo.batches import write_catalog_batch
 from fashion_attr.demo.dataset import generate_demo_dataset
 
 
@@ -35,6 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="fraction of labels written as 0 = unknown (default 0)",
     )
+    p.add_argument(
+        "--batch",
+        type=Path,
+        default=None,
+        help="also write the images as a catalog batch (.jsonl) to fold into a version",
+    )
+    p.add_argument(
+        "--unlabelled",
+        type=float,
+        default=0.0,
+        help="with --batch: the share of records written without labels (default 0)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -61,4 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(index.attributes)} attributes, {counts.sum() / n:.2f} positives per image, "
         f"attribute frequency {counts.min() / n:.1%} .. {counts.max() / n:.1%}"
     )
+    if args.batch is not None:
+        try:
+            batch = write_catalog_batch(
+                root, args.batch, unlabelled_share=args.unlabelled, seed=args.seed
+            )
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote the catalog batch {batch} (make run BATCH={batch} folds it in)")
     return 0

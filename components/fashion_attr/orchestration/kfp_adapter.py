@@ -38,6 +38,7 @@ from fashion_attr.orchestration.executor import check_gpus, execute, task_attemp
 from fashion_attr.orchestration.identity import Placement, output_key, training_key
 from fashion_attr.orchestration.params import config, names, optional, overrides
 from fashion_attr.results import (
+    AuditResult,
     EvaluateResult,
     PreprocessResult,
     StepResult,
@@ -256,6 +257,74 @@ def unchanged(*, plan_decision: str, training_key: str, model_name: str) -> str:
     return json.dumps(summary)
 
 
+def audit(
+    *,
+    dataset: Artifact,
+    storage_uri: str,
+    pipeline_run: str,
+    preset: str,
+    model_name: str,
+    gpus: int,
+    audited: Artifact,
+    result: Artifact,
+    report: Artifact,
+    report_html: Artifact,
+    metrics: Any,
+) -> str:
+    """Audit the catalog batches this run folded in, with the champion, before training.
+
+    Writes ``label_issues.jsonl``, ``drift.json``, ``tags.jsonl``, ``to_label.jsonl`` and the
+    reports beside the dataset version (:mod:`fashion_attr.steps.audit`), fills the KFP
+    Markdown, HTML and Metrics outputs, and hands training the version to train on
+    (``audited``: the ingest's, or the one ``audit.label_issues=exclude|downweight``
+    derived). A run that folded no batch (a full ingest, or a code change on old data) has
+    nothing to audit and passes the version through.
+    """
+    from fashion_attr.config import AuditConfig
+    from fashion_attr.steps import audit as audit_step
+
+    _nest_under(pipeline_run)
+    with task_attempt("audit", storage_uri, pipeline_run):
+        check_gpus("audit", gpus)
+        data = _load(dataset, PreprocessResult)
+        if data.base is None or not data.chain:
+            text = f"# Audit\n\nNothing to audit: {data.version} folds in no new catalog batch.\n"
+            print(f"audit: nothing to audit in {data.version} (no batch folded in by this run)")
+            done = None
+        else:
+            done = audit_step.run(
+                config(AuditConfig, preset),
+                data.uri,
+                base=data.base,
+                champion=f"models:/{model_name}@champion",
+                dest=storage.join(storage_uri, "datasets"),
+                progress=True,
+            )
+            text = storage.read_text(done.files["report_md"]) if "report_md" in done.files else ""
+            html = done.files.get("report_html")
+            if html:
+                Path(report_html.path).parent.mkdir(parents=True, exist_ok=True)
+                Path(report_html.path).write_text(storage.read_text(html))
+            for name, value in sorted(done.metrics.items()):
+                metrics.log_metric(name, value)
+            print(
+                f"audit: {done.status}: {done.label_issues} label issue(s), drift "
+                f"{'flagged' if done.drift_flagged else 'not flagged'}, {done.tagged} tagged; "
+                f"files in {done.out}"
+            )
+        Path(report.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report.path).write_text(text)
+        if done is not None:
+            _store(result, done)
+            data = data.model_copy(
+                update={"version": done.dataset_version, "uri": done.dataset_uri}
+            )
+        else:
+            Path(result.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(result.path).write_text("{}")
+        return _store(audited, data).version
+
+
 def _train(
     step: str,
     cfg_type: type,
@@ -355,6 +424,7 @@ def registration(
     gate_tolerance: float,
     training_key: str,
     gpus: int,
+    audit_result: Artifact,
     result: Artifact,
 ) -> str:
     """Register in MLflow and gate on paired figures (the champion scored on the same split)."""
@@ -365,6 +435,8 @@ def registration(
         data = _load(dataset, PreprocessResult)
         trained = _load(model, TrainClassifierResult)
         scored = _load(evaluation, EvaluateResult)
+        audited = Path(audit_result.path).read_text().strip()
+        audit_done = AuditResult.model_validate_json(audited) if audited not in ("", "{}") else None
         gate = {"tolerance": gate_tolerance, "gate_metrics": names(gate_metrics) or None}
         cfg = config(RegisterConfig, preset, model_name=model_name, **gate)
         done = register.run(
@@ -378,5 +450,7 @@ def registration(
             code_version=os.environ.get("FA_CODE_VERSION") or code_version(),
             reports=[*scored.files, trained.metrics_log],
             lineage_tags={TRAINING_KEY_TAG: training_key},
+            per_attribute=scored.per_attribute,
+            audit=audit_done,
         )
         return _store(result, done).to_json()

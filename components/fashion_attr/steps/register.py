@@ -36,7 +36,7 @@ from typing import Any
 
 from fashion_attr.config import EvaluateConfig, RegisterConfig, load_config
 from fashion_attr.resources import apply_cpu_budget
-from fashion_attr.results import RegisterResult
+from fashion_attr.results import AuditResult, RegisterResult
 from fashion_attr.steps.contract import add_config_args, run_cli, step_parser
 
 __all__ = ["RegisterResult", "main", "run"]
@@ -56,6 +56,8 @@ def run(
     reports: Sequence[str] = (),
     out: str | None = None,
     lineage_tags: Mapping[str, str] | None = None,
+    per_attribute: str | None = None,
+    audit: AuditResult | None = None,
 ) -> RegisterResult:
     """Register ``model`` under ``cfg.model_name`` and apply the promotion gate.
 
@@ -73,6 +75,10 @@ def run(
         reports: files logged to the run under ``reports/``.
         out: where to write ``result.json`` (optional).
         lineage_tags: more version tags (the pipeline's training key).
+        per_attribute: the challenger's ``per_attribute.csv``: with a champion scored on
+            the same split, the gate table gains the per-attribute recall change.
+        audit: the audit of the batches the challenger's data folded in: its figures become
+            ``audit.*`` tags of the version.
 
     Returns:
         The :class:`RegisterResult`.
@@ -85,6 +91,12 @@ def run(
     from fashion_attr.registry.mlflow_registry import register_and_gate
 
     score_champion = None
+    champion_scores: list[Any] = []
+    tags = dict(lineage_tags or {})
+    if audit is not None:
+        from fashion_attr.steps.audit import model_version_tags
+
+        tags.update(model_version_tags(audit))
     if data is not None:
         from fashion_attr.classifier.scoring import score_model
         from fashion_attr.config import EvaluateConfig
@@ -93,7 +105,9 @@ def run(
 
         def score_champion(model_path: str) -> Any:
             # Its metrics and per-image statistics (the gate's paired intervals).
-            return score_model(eval_cfg, model_path, data)
+            scores = score_model(eval_cfg, model_path, data)
+            champion_scores.append(scores)
+            return scores
 
     if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ValueError(
@@ -112,8 +126,14 @@ def run(
         code_version=code_version,
         reports=reports,
         score_champion=score_champion,
-        lineage_tags=lineage_tags,
+        lineage_tags=tags,
     )
+    table = done.table
+    if per_attribute and champion_scores:
+        from fashion_attr.audit.recall_change import recall_change, render_recall_change
+
+        rows = recall_change(per_attribute, champion_scores[-1].per_attribute, k=3)
+        table += "\n\n" + render_recall_change(rows, k=3)
     result = RegisterResult(
         name=done.name,
         version=done.version,
@@ -125,10 +145,21 @@ def run(
         reused=done.reused,
         reason=done.decision.reason,
         decision=done.decision.to_dict(),
-        gate_table=done.table,
+        gate_table=table,
         run_id=done.run_id,
         metrics_uri=metrics,
         dataset_version=dataset_version,
+        audit={}
+        if audit is None
+        else {
+            "status": audit.status,
+            "label_issues": audit.label_issues,
+            "drift_flagged": audit.drift_flagged,
+            "tagged": audit.tagged,
+            "to_label": audit.to_label,
+            "excluded": audit.excluded,
+            "files": dict(audit.files),
+        },
     )
     if out:
         result.write(out)
