@@ -69,10 +69,10 @@ PIPELINE_NAME = "fashion-attr-retraining"
 #: Labels the NetworkPolicies in k8s/ use to let pipeline pods reach MLflow and the store.
 POD_LABELS = {"app.kubernetes.io/part-of": "fashion-attr-pipeline"}
 
-#: The longest a task may run, in seconds (paper-size steps on one GPU, with margin): each
-#: attempt's pod deadline. Argo's retry window (backoff max duration) counts from the
-#: first attempt's start, and a retried pod is killed when it closes: it must outlast the
-#: step plus its waits.
+#: The longest a task may take, in seconds (paper-size steps on one GPU, with margin),
+#: all its attempts together: each attempt's pod deadline and the Argo retry window
+#: (backoff max duration, counted from the first attempt's start; a retried pod is killed
+#: when it closes). So a stuck task ends within it, and the next night runs.
 LONGEST_TASK_S = {
     "validation": 15 * 60,
     "ingest-part": 6 * 3600,
@@ -85,7 +85,6 @@ LONGEST_TASK_S = {
     "evaluation": 2 * 3600,
     "registration": 2 * 3600,
 }
-RETRY_WINDOW_S = 72 * 3600
 #: The launcher pod's own identity, for the ownerReferences of the jobs it creates.
 POD_FIELD_ENV = {
     "FA_POD_NAME": "metadata.name",
@@ -152,18 +151,24 @@ def build_pipeline(settings: CompileSettings) -> Any:
         credentials(task, mlflow=mlflow)
         kubernetes.set_timeout(task, deadline(name))
 
-    def retry(task: dsl.PipelineTask, retries: int, backoff_s: int) -> None:
+    def retry(task: dsl.PipelineTask, name: str, retries: int, backoff_s: int) -> None:
         if not settings.retries or not retries:
             return
         # Integer factor: Argo (KFP >= 2.14) cannot parse "1.5" and fails the node instead.
+        # The window is the task's deadline: every attempt together within it. A pod killed
+        # by its own deadline is Failed and Argo retries Failed nodes (OnFailure); with the
+        # window equal to the deadline no retry follows a full-length (stuck) attempt, while
+        # an attempt cut short by a preemption is retried within what is left.
         task.set_retry(
             num_retries=retries,
             backoff_duration=f"{backoff_s}s",
             backoff_factor=2,
-            backoff_max_duration=f"{RETRY_WINDOW_S}s",
+            backoff_max_duration=f"{deadline(name)}s",
         )
 
-    def on_gpu(task: dsl.PipelineTask, gpus: int, memory: str = "64Gi", cpu: str = "8") -> None:
+    def on_gpu(
+        task: dsl.PipelineTask, name: str, gpus: int, memory: str = "64Gi", cpu: str = "8"
+    ) -> None:
         """Place a task on the GPU pool with shared memory and preemption retries."""
         if gpus > 0:
             task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
@@ -181,16 +186,21 @@ def build_pipeline(settings: CompileSettings) -> Any:
             medium="Memory",
             size_limit=settings.shm_size,
         )
-        retry(task, 3, 60)  # preemptible GPU nodes: the step resumes from its checkpoint
+        # Preemptible GPU nodes: a failed attempt is retried and resumes from its checkpoint
+        # (a pod deleted by a preemption is an Error, which Argo's default policy does not
+        # retry: that run fails, and KFP's Retry resumes it).
+        retry(task, name, 3, 60)
 
-    def on_cpu(task: dsl.PipelineTask, memory: str = "4Gi", cpu: str = "2", retries: int = 2):
+    def on_cpu(
+        task: dsl.PipelineTask, name: str, memory: str = "4Gi", cpu: str = "2", retries: int = 2
+    ) -> None:
         task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
-        retry(task, retries, 30)
+        retry(task, name, retries, 30)
 
     def training(task: dsl.PipelineTask, name: str, display: str) -> None:
         task_setup(task, name, display, mlflow=True)
         if settings.train_nodes > 1:  # a launcher: the training job's pods hold the GPUs
-            on_cpu(task, memory="2Gi", cpu="1", retries=3)
+            on_cpu(task, name, memory="2Gi", cpu="1", retries=3)
             if settings.trainer_release:
                 task.set_env_variable("FA_TRAINER_RELEASE", settings.trainer_release)
             for env, field in POD_FIELD_ENV.items():
@@ -198,7 +208,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
             # The launcher gives the job its own pod's deadline (less a margin to delete it).
             task.set_env_variable("FA_TASK_DEADLINE_S", str(deadline(name)))
         else:
-            on_gpu(task, settings.gpus_per_step)
+            on_gpu(task, name, settings.gpus_per_step)
 
     placement = {
         "gpus": settings.gpus_per_step,
@@ -276,7 +286,8 @@ def build_pipeline(settings: CompileSettings) -> Any:
             pipeline_run=run_id,
         )
         task_setup(check, "validation", "validate inputs", mlflow=True)
-        on_cpu(check, memory="2Gi", cpu="1", retries=0)  # a user error is not worth a retry
+        # A user error is not worth a retry.
+        on_cpu(check, "validation", memory="2Gi", cpu="1", retries=0)
 
         ingest_args = {
             "source_uri": source_uri,
@@ -291,11 +302,11 @@ def build_pipeline(settings: CompileSettings) -> Any:
         with dsl.ParallelFor(items=check.output, name="ingest-parts") as part:
             part_task = c.ingest_part(part=part, **ingest_args)
             task_setup(part_task, "ingest-part", "ingest (part)", mlflow=False)
-            on_cpu(part_task, memory="8Gi", cpu="4")
+            on_cpu(part_task, "ingest-part", memory="8Gi", cpu="4")
 
         data = c.ingest(**ingest_args).after(part_task)
         task_setup(data, "ingest", "ingest (publish version)", mlflow=False)
-        on_cpu(data)
+        on_cpu(data, "ingest")
         dataset = data.outputs["dataset"]
 
         decided = c.plan(
@@ -310,7 +321,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
             **placement,
         )
         task_setup(decided, "plan", "anything new? (plan)", mlflow=True)
-        on_cpu(decided, memory="2Gi", cpu="1")
+        on_cpu(decided, "plan", memory="2Gi", cpu="1")
 
         with dsl.If(decided.outputs["decision"] == "train", name="something-new"):
             audited = c.audit(
@@ -322,7 +333,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
                 gpus=scoring_gpus,
             )
             task_setup(audited, "audit", "audit new batches (champion)", mlflow=True)
-            on_gpu(audited, scoring_gpus, memory="16Gi", cpu="4")
+            on_gpu(audited, "audit", scoring_gpus, memory="16Gi", cpu="4")
             dataset = audited.outputs["audited"]  # the version training reads
 
             gan = c.gan_training(
@@ -356,7 +367,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
                 gpus=scoring_gpus,
             )
             task_setup(ev, "evaluation", "evaluate", mlflow=True)
-            on_gpu(ev, scoring_gpus, memory="32Gi", cpu="8")
+            on_gpu(ev, "evaluation", scoring_gpus, memory="32Gi", cpu="8")
 
             reg = c.registration(
                 dataset=dataset,
@@ -373,7 +384,8 @@ def build_pipeline(settings: CompileSettings) -> Any:
                 audit_result=audited.outputs["result"],
             )
             task_setup(reg, "registration", "register + gate (paired)", mlflow=True)
-            on_gpu(reg, scoring_gpus, memory="16Gi", cpu="4")  # scores the champion too
+            # It scores the champion too.
+            on_gpu(reg, "registration", scoring_gpus, memory="16Gi", cpu="4")
         with dsl.Else(name="nothing-new"):
             same = c.unchanged(
                 plan_decision=decided.outputs["decision"],
@@ -381,7 +393,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
                 model_name=model_name,
             )
             task_setup(same, "unchanged", "nothing new: no training", mlflow=False)
-            on_cpu(same, memory="1Gi", cpu="1", retries=0)
+            on_cpu(same, "unchanged", memory="1Gi", cpu="1", retries=0)
         return dsl.OneOf(reg.outputs["Output"], same.output)
 
     return retraining

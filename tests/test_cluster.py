@@ -471,6 +471,27 @@ class FakeCustomObjects:
         if self.objects.pop(self._key(group, namespace, plural, name), None) is None:
             raise api_error(404)
 
+    def patch_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str, body: Any
+    ) -> dict[str, Any]:
+        self.calls.append(("patch", name))
+        obj = self.objects[self._key(group, namespace, plural, name)]
+        obj["metadata"].update(copy.deepcopy(body["metadata"]))
+        return obj
+
+    def list_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, label_selector: str
+    ) -> dict[str, Any]:
+        self.calls.append(("list", plural))
+        key, _, value = label_selector.partition("=")
+        items = [
+            copy.deepcopy(obj)
+            for (g, ns, pl, _), obj in self.objects.items()
+            if (g, ns, pl) == (group, namespace, plural)
+            and obj["metadata"].get("labels", {}).get(key) == value
+        ]
+        return {"items": items}
+
     def count(self, verb: str) -> int:
         return sum(1 for v, _ in self.calls if v == verb)
 
@@ -959,8 +980,9 @@ def test_the_launcher_pod_owns_the_job_only_in_its_own_namespace(
 def test_sigterm_deletes_the_job_the_launcher_waits_for(
     monkeypatch: pytest.MonkeyPatch, no_release_env: None
 ) -> None:
-    """A cancelled run (Argo sends SIGTERM to the launcher: workflow/signal/signal.go) must not
-    leave GPU nodes training: the launcher deletes its job before it exits."""
+    """A cancelled run (Argo sends SIGTERM to the launcher's process group: workflow/signal/
+    signal.go, argoexec emissary.go @v3.7.3) must not leave GPU nodes training: the launcher
+    deletes its job first, with a short request timeout (it has about a second)."""
     monkeypatch.setenv("FA_TRAINER_RELEASE", "2.3")
 
     class Interrupted(FakeCustomObjects):
@@ -994,3 +1016,65 @@ def test_the_pipeline_run_reaches_the_training_pods(
                 "env"
             ]
         assert {"name": "FA_PIPELINE_RUN", "value": "run-42"} in env, kind
+
+
+def test_a_launcher_that_attaches_becomes_an_owner_too() -> None:
+    """A job made by an earlier run's pod must not be garbage-collected with that pod while
+    this launcher waits for it (Kubernetes deletes a dependent when all owners are gone)."""
+    first = render("trainjob", owner={"name": "old-pod", "uid": "u-old"})
+    api = FakeCustomObjects([{}, RUNNING, cond("Complete")])
+    api.create_namespaced_custom_object(*TRAINJOB_API, NS, "trainjobs", first)
+    again = render("trainjob", owner={"name": "new-pod", "uid": "u-new"})
+    launch_and_wait(again, api=api, poll_s=0.001, timeout_s=5)
+    stored = next(iter(api.objects.values()))
+    assert [r["uid"] for r in stored["metadata"]["ownerReferences"]] == ["u-old", "u-new"]
+    assert api.count("create") == 1 and api.count("patch") == 1
+
+
+TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1")
+
+
+class FakePods:
+    def __init__(self, pods: dict[str, tuple[str, str]]) -> None:
+        self.pods = pods  # name -> (uid, phase)
+
+    def read_namespaced_pod(self, name: str, namespace: str) -> Any:
+        if name not in self.pods:
+            raise api_error(404)
+        uid, phase = self.pods[name]
+        return SimpleNamespace(
+            metadata=SimpleNamespace(uid=uid), status=SimpleNamespace(phase=phase)
+        )
+
+
+def test_orphaned_jobs_are_reaped_live_ones_kept() -> None:
+    """A launcher killed before it could delete its job (Argo gives it about a second after
+    SIGTERM) leaves the job training for nobody; the next run's validation reaps it."""
+    from fashion_attr.cluster import reap_orphans
+
+    api = FakeCustomObjects()
+    jobs = {
+        "fa-train-gan-aaaa": {"name": "gone-pod", "uid": "u1"},  # pod deleted
+        "fa-train-gan-bbbb": {"name": "done-pod", "uid": "u2"},  # pod finished (cancelled run)
+        "fa-train-gan-cccc": {"name": "live-pod", "uid": "u3"},  # running: keep
+        "fa-train-gan-dddd": {"name": "reused-pod", "uid": "u-old"},  # same name, new uid
+    }
+    for name, owner in jobs.items():
+        body = render("trainjob", name=name, owner=owner)
+        api.create_namespaced_custom_object(
+            "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", body
+        )
+    pods = FakePods(
+        {
+            "done-pod": ("u2", "Failed"),
+            "live-pod": ("u3", "Running"),
+            "reused-pod": ("u9", "Running"),
+        }
+    )
+    deleted = reap_orphans(NS, api=api, core_api=pods)
+    assert sorted(deleted) == [
+        "TrainJob/fa-train-gan-aaaa",
+        "TrainJob/fa-train-gan-bbbb",
+        "TrainJob/fa-train-gan-dddd",
+    ]
+    assert [k[-1] for k in api.objects] == ["fa-train-gan-cccc"]

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,6 +59,7 @@ from test_k8s_manifests import (
     render,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 INJECT = "sidecar.istio.io/inject"
 #: What KFP backend 2.15.0-2.17.0 puts on every pod of a run (v2_template.go, see above).
 KFP_POD_ANNOTATIONS = {INJECT: "false"}
@@ -369,12 +371,25 @@ def test_without_the_label_the_pipeline_is_denied() -> None:
         assert not mesh_allows(client, _without_inject_label(server), req), (client, server)
 
 
-@needs_kubectl
 def test_the_namespace_leaves_injection_to_the_profile() -> None:
     """k8s/base/namespace.yaml neither turns injection off for Kubeflow's own pods nor on."""
-    (ns,) = [o for o in render("minio") if o["kind"] == "Namespace"]
+    ns = load_yaml(ROOT / "k8s" / "base" / "namespace.yaml")
     assert "istio-injection" not in ns["metadata"].get("labels", {})
     assert "istio.io/rev" not in ns["metadata"].get("labels", {})
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["minio", "cloud", "kfp-standalone"])
+def test_no_overlay_relabels_a_profile_namespace(overlay: str) -> None:
+    """The profile controller labels its namespace app.kubernetes.io/part-of=kubeflow-profile
+    (kubeflow/dashboard v2.0.0 profile-controller namespace-labels.yaml) and never overwrites
+    an existing key; KFP's SeaweedFS NetworkPolicy admits artifact traffic only from
+    namespaces with that label (kubeflow/pipelines manifests/kustomize/third-party/seaweedfs/
+    base/seaweedfs/seaweedfs-networkpolicy.yaml @2.15.0-2.17.0). An overlay that rendered the
+    Namespace with our common labels would cut every pipeline pod off its artifacts."""
+    assert not [o for o in render(overlay) if o["kind"] == "Namespace"]
+    ns = load_yaml(ROOT / "k8s" / "base" / "namespace.yaml")
+    assert "app.kubernetes.io/part-of" not in ns["metadata"].get("labels", {})
 
 
 # --------------------------------------------------------------------------- both layers

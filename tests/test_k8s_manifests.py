@@ -706,7 +706,9 @@ def _check_gpu_pod(name: str, spec: dict[str, Any], gpus: int) -> None:
     resources = container["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"]
     assert int(resources["limits"]["nvidia.com/gpu"]) == gpus, name
-    version = _pyproject()["project"]["version"]
+    import fashion_attr
+
+    version = fashion_attr.__version__  # the one version source
     assert container["image"].endswith(f"/fashion-attr:{version}"), (
         f"{name}: image tag != {version}"
     )

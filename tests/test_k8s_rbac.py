@@ -49,12 +49,13 @@ PROJECT: dict[Grant, str] = {
         for name in ("object-store-credentials", "mlflow-credentials")
     },
     **{
-        (group, resource, verb, None): "the multi-node launcher submits, watches, replaces jobs"
+        (group, resource, verb, None): "the multi-node launcher submits, watches, replaces, "
+        "adopts (patch: its pod becomes an owner) and reaps orphaned jobs"
         for group, resource in (
             ("trainer.kubeflow.org", "trainjobs"),
             ("kubeflow.org", "pytorchjobs"),
         )
-        for verb in ("get", "list", "watch", "create", "delete")
+        for verb in ("get", "list", "watch", "create", "delete", "patch")
     },
     **{
         ("", resource, verb, None): "the launcher copies failed training pods' logs"

@@ -25,6 +25,7 @@ from fashion_attr.cluster.submit import (
     JobResult,
     attach_or_submit,
     launch_and_wait,
+    reap_orphans,
     run_step_on_cluster,
     wait_for_job,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "in_cluster_namespace",
     "job_name_for",
     "launch_and_wait",
+    "reap_orphans",
     "render_job",
     "run_step_on_cluster",
     "trainer_release_from_crd",

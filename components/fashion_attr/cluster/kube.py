@@ -18,6 +18,7 @@ __all__ = [
     "APIS",
     "OPERATORS",
     "JobApi",
+    "add_owner",
     "api_message",
     "api_of",
     "check_secrets",
@@ -28,6 +29,7 @@ __all__ = [
     "in_cluster_namespace",
     "is_transient",
     "latest_condition",
+    "list_jobs",
     "log_tails",
     "logs_command",
     "status_of",
@@ -206,8 +208,15 @@ def get_job_retrying(
             time.sleep(poll)
 
 
-def delete_job(api: Any, spec: JobApi, namespace: str, name: str) -> None:
-    """Delete a job with its pods (a job that is gone already is fine)."""
+def delete_job(
+    api: Any, spec: JobApi, namespace: str, name: str, *, timeout_s: float | None = None
+) -> None:
+    """Delete a job with its pods (a job that is gone already is fine).
+
+    ``timeout_s`` bounds the request (the SIGTERM path has about a second: Argo's emissary
+    exits as soon as KFP's launcher has, and the container with it).
+    """
+    extra = {"_request_timeout": timeout_s} if timeout_s else {}
     try:
         # Foreground: the job disappears only after its pods, so a new one never overlaps it.
         api.delete_namespaced_custom_object(
@@ -217,10 +226,39 @@ def delete_job(api: Any, spec: JobApi, namespace: str, name: str) -> None:
             spec.plural,
             name,
             propagation_policy="Foreground",
+            **extra,
         )
     except Exception as exc:
         if status_of(exc) != 404:
             raise
+
+
+def add_owner(api: Any, spec: JobApi, job: Mapping[str, Any], owner: Mapping[str, str]) -> None:
+    """Make ``owner`` (a pod) an owner of an existing job too (a launcher that attached).
+
+    The job keeps its earlier owners; Kubernetes deletes it only when all of them are gone.
+    """
+    meta = job.get("metadata") or {}
+    refs = list(meta.get("ownerReferences") or [])
+    if any(r.get("uid") == owner["uid"] for r in refs):
+        return
+    refs.append({"apiVersion": "v1", "kind": "Pod", "name": owner["name"], "uid": owner["uid"]})
+    api.patch_namespaced_custom_object(
+        spec.group,
+        spec.version,
+        meta["namespace"],
+        spec.plural,
+        meta["name"],
+        {"metadata": {"ownerReferences": refs}},
+    )
+
+
+def list_jobs(api: Any, spec: JobApi, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The jobs of a kind in ``namespace`` with the label ``selector``."""
+    found = api.list_namespaced_custom_object(
+        spec.group, spec.version, namespace, spec.plural, label_selector=selector
+    )
+    return list(found.get("items", []))
 
 
 def wait_gone(

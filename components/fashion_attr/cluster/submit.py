@@ -23,7 +23,10 @@ from typing import Any
 
 from fashion_attr.cluster.jobs import JobKind, Step, job_name_for, render_job
 from fashion_attr.cluster.kube import (
+    APIS,
     OPERATORS,
+    JobApi,
+    add_owner,
     api_message,
     api_of,
     check_secrets,
@@ -32,6 +35,7 @@ from fashion_attr.cluster.kube import (
     get_job_retrying,
     in_cluster_namespace,
     latest_condition,
+    list_jobs,
     log_tails,
     logs_command,
     status_of,
@@ -50,6 +54,7 @@ __all__ = [
     "attach_or_submit",
     "launch_and_wait",
     "launcher_pod",
+    "reap_orphans",
     "run_step_on_cluster",
     "wait_for_job",
 ]
@@ -57,6 +62,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 #: The launcher's variables the training pods get too (the pipeline run the step's MLflow
 #: run nests under).
+#: The label every job the launcher renders carries (cluster.jobs.PART_OF).
+PART_OF_SELECTOR = "app.kubernetes.io/part-of=fashion-attr-pipeline"
 PROPAGATED_ENV = ("FA_PIPELINE_RUN", "FA_MLFLOW_PARENT_RUN_ID")
 
 
@@ -139,6 +146,7 @@ def attach_or_submit(
         end = terminal_condition(existing, spec)
         if end is None or end["type"] != spec.failure or not replace_failed:
             logger.info("%s exists already: attaching to it instead of creating it", where)
+            _adopt(api, spec, existing, job)
             return False
         logger.warning(
             "%s exists and failed (%s: %s); deleting it and submitting it again (the step "
@@ -165,6 +173,9 @@ def attach_or_submit(
     except Exception as exc:
         status = status_of(exc)
         if status == 409:  # another launcher created it in between: attach
+            existing = get_job_retrying(api, spec, namespace, name, poll_s, max_api_errors)
+            if existing is not None:
+                _adopt(api, spec, existing, job)
             return False
         if status == 404:
             raise RuntimeError(
@@ -181,6 +192,20 @@ def attach_or_submit(
         raise
     logger.info("submitted %s; logs: %s", where, logs_command(spec, namespace, name))
     return True
+
+
+def _adopt(api: Any, spec: JobApi, existing: Mapping[str, Any], job: Mapping[str, Any]) -> None:
+    """Add this launcher's pod to the owners of a job it attaches to.
+
+    The job may be owned by the pod of an earlier attempt or run with the same output key;
+    when that pod is garbage-collected with its workflow, the job must not go with it while
+    this launcher waits for it.
+    """
+    for ref in (job.get("metadata") or {}).get("ownerReferences") or []:
+        try:
+            add_owner(api, spec, existing, {"name": ref["name"], "uid": ref["uid"]})
+        except Exception as exc:  # the job still runs; only its garbage collection differs
+            logger.warning("could not add this pod as an owner of the job: %s", exc)
 
 
 def wait_for_job(
@@ -423,6 +448,59 @@ def run_step_on_cluster(
             logger.error("could not delete %s %s: %s (its ownerReference still ties it to "
                          "this pod)", spec.kind, name, exc)  # fmt: skip
         raise
+
+
+def reap_orphans(
+    namespace: str, *, api: Any | None = None, core_api: Any | None = None
+) -> list[str]:
+    """Delete the project's training jobs whose launcher pods are all gone or finished.
+
+    A launcher killed before it could delete its job (Argo leaves about a second after
+    SIGTERM) leaves a job training for nobody; its ownerReference deletes it only when the
+    pod object goes, with its workflow, a day later by default. The ``validation`` task of
+    every multi-node run calls this first, so a cancelled night's GPUs are freed by the next
+    run at the latest. Jobs whose owner is a running or pending pod are left alone.
+
+    Returns:
+        The ``<kind>/<name>`` of the jobs deleted.
+    """
+    from kubernetes import client
+
+    api = api if api is not None else default_api()
+    core_api = core_api if core_api is not None else client.CoreV1Api(api.api_client)
+    deleted = []
+    for spec in APIS.values():
+        try:
+            jobs = list_jobs(
+                api, spec, namespace, "app.kubernetes.io/part-of=fashion-attr-pipeline"
+            )
+        except Exception as exc:  # the API (CRD) is not installed, or not ours to list
+            logger.info("no %s to reap in %s (%s)", spec.plural, namespace, status_of(exc) or exc)
+            continue
+        for job in jobs:
+            if terminal_condition(job, spec) is not None:
+                continue
+            owners = [
+                r for r in job["metadata"].get("ownerReferences") or [] if r.get("kind") == "Pod"
+            ]
+            if owners and not any(_pod_alive(core_api, namespace, r) for r in owners):
+                name = job["metadata"]["name"]
+                delete_job(api, spec, namespace, name)
+                deleted.append(f"{spec.kind}/{name}")
+                logger.warning("deleted %s %s/%s: its launcher pods are gone", spec.kind,
+                               namespace, name)  # fmt: skip
+    return deleted
+
+
+def _pod_alive(core_api: Any, namespace: str, ref: Mapping[str, Any]) -> bool:
+    try:
+        pod = core_api.read_namespaced_pod(ref["name"], namespace)
+    except Exception as exc:
+        if status_of(exc) == 404:
+            return False
+        raise
+    same = getattr(pod.metadata, "uid", None) == ref.get("uid")
+    return bool(same and getattr(pod.status, "phase", "") in ("Pending", "Running"))
 
 
 def launcher_pod(namespace: str) -> dict[str, str] | None:

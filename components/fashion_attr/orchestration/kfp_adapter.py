@@ -109,8 +109,24 @@ def validation(*, storage_uri: str, pipeline_run: str, **params: Any) -> list[in
         checked = check_pipeline_inputs(storage_uri=storage_uri, **inputs)
         for note in checked.notes:
             print(f"validation: {note}")
+        if int(inputs.get("train_nodes") or 1) > 1:
+            _reap_orphaned_jobs()
         print(f"validation: every input checks out; ingest in {len(checked.parts)} part(s)")
         return checked.parts
+
+
+def _reap_orphaned_jobs() -> None:
+    """Free the GPUs of jobs whose launchers died (a cancelled night): see reap_orphans."""
+    import logging
+
+    from fashion_attr import cluster
+
+    namespace = os.environ.get("FA_NAMESPACE") or cluster.in_cluster_namespace()
+    try:
+        for job in cluster.reap_orphans(namespace):
+            print(f"validation: deleted the orphaned training job {job} (its launcher is gone)")
+    except Exception as exc:  # a convenience: never a reason to fail the run
+        logging.getLogger(__name__).warning("could not look for orphaned training jobs: %s", exc)
 
 
 def _ingest(part: int | None, p: dict[str, Any]) -> Any:
