@@ -50,7 +50,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kfp import compiler, dsl, kubernetes
 
@@ -181,7 +181,9 @@ def build_pipeline(settings: CompileSettings) -> Any:
         )
         retry(task, 3, 60)  # preemptible GPU nodes: the step resumes from its checkpoint
 
-    def on_cpu(task: dsl.PipelineTask, memory: str = "4Gi", cpu: str = "2", retries: int = 2):
+    def on_cpu(
+        task: dsl.PipelineTask, memory: str = "4Gi", cpu: str = "2", retries: int = 2
+    ) -> None:
         task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
         retry(task, retries, 30)
 
@@ -207,7 +209,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
     # Evaluation and registration score on one GPU of the pool (none for a CPU pipeline).
     scoring_gpus = min(settings.gpus_per_step, 1)
 
-    @dsl.pipeline(
+    @dsl.pipeline(  # type: ignore[untyped-decorator]  # kfp leaves dsl.pipeline unannotated
         name=PIPELINE_NAME,
         description=(
             "Retrain the fashion attribute classifier (Ye et al., HABP + MR-GAN + Deact): check "
@@ -367,7 +369,8 @@ def build_pipeline(settings: CompileSettings) -> Any:
             )
             task_setup(same, "unchanged", "nothing new: no training", mlflow=False)
             on_cpu(same, memory="1Gi", cpu="1", retries=0)
-        return dsl.OneOf(reg.outputs["Output"], same.output)
+        # `-> str` is the pipeline output's type for KFP; the value here is its channel.
+        return cast(str, dsl.OneOf(reg.outputs["Output"], same.output))
 
     return retraining
 
@@ -394,7 +397,7 @@ def _image_from_build(build: Path) -> str | None:
     if not record.exists():
         return None
     data = json.loads(record.read_text())
-    return data.get("pinned") or data.get("image")
+    return cast(str | None, data.get("pinned") or data.get("image"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
