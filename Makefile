@@ -134,5 +134,5 @@ bench: $(STAMP) ## Quick CPU benchmarks (see bench/README.md)
 clean: ## Remove build outputs, local runs and their demo catalogs (keeps .venv)
 	rm -rf build .local_pipeline .pytest_cache .ruff_cache
 
-typecheck: $(STAMP) ## mypy (strict on steps/, orchestration/, training.py; see pyproject.toml)
+typecheck: $(STAMP) ## mypy, strict (see pyproject.toml)
 	$(VENV)/bin/mypy

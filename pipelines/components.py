@@ -68,7 +68,7 @@ def ingest_part(
     base_version: str,
     workers: int,
     pipeline_run: str,
-):
+) -> None:
     """Validate, crop and shard one part of DeepFashion-C (component 1, fanned out)."""
     from fashion_attr.orchestration import kfp_adapter
 
@@ -126,7 +126,7 @@ def plan(
     job_kind: str,
     image: str,
     report: Output[Markdown],
-) -> NamedTuple("PlanOutputs", [("decision", str), ("training_key", str)]):
+) -> NamedTuple("PlanOutputs", [("decision", str), ("training_key", str)]):  # type: ignore[valid-type]  # KFP reads this call form
     """Decide on the CPU, before any GPU task, whether there is anything new to train."""
     from fashion_attr.orchestration import kfp_adapter
 
@@ -147,7 +147,8 @@ def plan(
     )
     from collections import namedtuple
 
-    return namedtuple("PlanOutputs", ["decision", "training_key"])(decision, key)
+    PlanOutputs = namedtuple("PlanOutputs", ["decision", "training_key"])
+    return PlanOutputs(decision, key)
 
 
 def unchanged(plan_decision: str, training_key: str, model_name: str) -> str:

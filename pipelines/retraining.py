@@ -51,7 +51,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kfp import compiler, dsl, kubernetes
 
@@ -219,7 +219,7 @@ def build_pipeline(settings: CompileSettings) -> Any:
     # Evaluation and registration score on one GPU of the pool (none for a CPU pipeline).
     scoring_gpus = min(settings.gpus_per_step, 1)
 
-    @dsl.pipeline(
+    @dsl.pipeline(  # type: ignore[untyped-decorator]  # kfp leaves dsl.pipeline unannotated
         name=PIPELINE_NAME,
         description=(
             "Retrain the fashion attribute classifier (Ye et al., HABP + MR-GAN + Deact): check "
@@ -394,7 +394,8 @@ def build_pipeline(settings: CompileSettings) -> Any:
             )
             task_setup(same, "unchanged", "nothing new: no training", mlflow=False)
             on_cpu(same, "unchanged", memory="1Gi", cpu="1", retries=0)
-        return dsl.OneOf(reg.outputs["Output"], same.output)
+        # `-> str` is the pipeline output's type for KFP; the value here is its channel.
+        return cast(str, dsl.OneOf(reg.outputs["Output"], same.output))
 
     return retraining
 
@@ -421,7 +422,7 @@ def _image_from_build(build: Path) -> str | None:
     if not record.exists():
         return None
     data = json.loads(record.read_text())
-    return data.get("pinned") or data.get("image")
+    return cast(str | None, data.get("pinned") or data.get("image"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

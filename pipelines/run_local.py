@@ -378,7 +378,7 @@ def _pipeline_defaults(pipeline: Any) -> dict[str, Any]:
 
 
 def _print_summary(
-    summary: dict,
+    summary: dict[str, Any],
     elapsed: float,
     workdir: Path,
     model_name: str,

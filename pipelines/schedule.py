@@ -48,7 +48,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from fashion_attr.config import PRESETS
@@ -189,7 +189,7 @@ def check_backend(client: Any, mode: str, declared_version: str | None = None) -
             multi-user/standalone mismatch (exit 2).
     """
     healthz = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
-    info = json.loads(healthz.data)
+    info: dict[str, Any] = json.loads(healthz.data)
     tag = declared_version or str(info.get("tag_name", "unknown"))
     numbers = _version(tag)
     minimum = ".".join(map(str, MIN_BACKEND))
@@ -240,9 +240,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _experiment_id(client: Any, name: str, namespace: str | None) -> str:
     try:
-        return client.get_experiment(experiment_name=name, namespace=namespace).experiment_id
+        return cast(
+            str, client.get_experiment(experiment_name=name, namespace=namespace).experiment_id
+        )
     except Exception:
-        return client.create_experiment(name, namespace=namespace).experiment_id
+        return cast(str, client.create_experiment(name, namespace=namespace).experiment_id)
 
 
 def _upload(client: Any, package: Path) -> tuple[str, str]:

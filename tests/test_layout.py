@@ -9,7 +9,7 @@ floor   packages and modules of ``fashion_attr``
         ``credentials``, ``endpoints``, ``cluster`` (Kubernetes calls only), ``config``,
         ``results``, ``resources``, ``version``
 2       ``data``, ``checkpoint``, ``tracking``, ``demo``
-3       ``evaluation``, ``training``, ``gan``, ``classifier``
+3       ``evaluation``, ``training``, ``gan``, ``classifier``, ``audit``
 4       ``registry``
 5       ``steps``
 6       ``orchestration``
@@ -51,7 +51,7 @@ FLOORS: dict[str, int] = {
         1,
     ),
     **dict.fromkeys(["data", "checkpoint", "tracking", "demo"], 2),
-    **dict.fromkeys(["evaluation", "training", "gan", "classifier"], 3),
+    **dict.fromkeys(["evaluation", "training", "gan", "classifier", "audit"], 3),
     "registry": 4,
     "steps": 5,
     "orchestration": 6,

@@ -148,8 +148,8 @@ def diagnose_artifact(data: bytes, exc: BaseException) -> tuple[type[UnreadableA
         return UnsafeArtifactError, f"unsafe (a pickle that {what}: code, not data)"
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
-        named = _safe_summary(text)
-        what = f"it references {named}" if named else "it holds more than plain data"
+        global_name = _safe_summary(text)
+        what = f"it references {global_name}" if global_name else "it holds more than plain data"
         return UnsafeArtifactError, (
             f"unsafe ({what}: code, not data; a checkpoint holds only tensors, numbers, "
             "strings and containers)"
@@ -215,7 +215,8 @@ def check_world_size(state: dict[str, Any], world_size: int, uri: str) -> None:
 def capture_rng(*generators: torch.Generator) -> dict[str, Any]:
     """Snapshot the global torch RNGs (CPU, and CUDA where present) plus given generators."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # torch leaves torch.cuda.is_initialized unannotated
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     state["generators"] = [g.get_state() for g in generators]
     return state

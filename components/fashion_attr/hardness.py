@@ -250,6 +250,7 @@ class HardLabelMemory:
         cat_count = torch.zeros((c,), device=dev)
         if attr_hardness is not None:
             self._check_attr(attr_hardness, attr_targets, known)
+            assert attr_targets is not None  # _check_attr raised otherwise
             h = attr_hardness.detach().to(dev, torch.float32)
             pos = attr_targets.detach().to(dev) > 0.5
             u = torch.ones_like(pos) if known is None else known.detach().to(dev, torch.bool)
@@ -260,6 +261,7 @@ class HardLabelMemory:
                 attr_count[:, col] = mask.sum(dim=0).float()
         if cat_hardness is not None:
             self._check_cat(cat_hardness, cat_targets)
+            assert cat_targets is not None  # _check_cat raised otherwise
             hc = cat_hardness.detach().to(dev, torch.float32)
             idx = cat_targets.detach().to(dev, torch.long)
             # index_add_ instead of bincount: bincount syncs to find its length.

@@ -68,7 +68,7 @@ def require_gpus(what: str, wanted: int) -> None:
         return
     why = ""
     try:
-        torch.cuda.init()
+        torch.cuda.init()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
     except Exception as exc:  # the driver's own words: too old, no device, ...
         why = f" CUDA says: {str(exc).splitlines()[0]}."
     raise GpuUnavailableError(

@@ -28,7 +28,8 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, Any, cast
 from urllib.parse import urlparse
 
 __all__ = [
@@ -224,7 +225,7 @@ def read_bytes(uri: str | os.PathLike[str]) -> bytes:
         return Path(uri).read_bytes()
     bucket, key = split_s3(uri)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return cast(bytes, s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
     except Exception as exc:
         reraise(uri, exc)
         raise
@@ -257,7 +258,7 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
-class _AtomicWriter(contextlib.AbstractContextManager):
+class _AtomicWriter(contextlib.AbstractContextManager[IO[bytes]]):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp: Path | None = None
@@ -273,7 +274,12 @@ class _AtomicWriter(contextlib.AbstractContextManager):
         self.fh = os.fdopen(fd, "wb")
         return self.fh
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         assert self.fh is not None and self.tmp is not None
         if exc_type is None:
             self.fh.flush()
@@ -361,9 +367,9 @@ def check_access(
     client = s3_client(attempts=1, timeout_s=timeout_s)
     try:
         if write:
-            probe = f"{key.rstrip('/')}/.fa-write-probe-{os.getpid()}".lstrip("/")
-            client.put_object(Bucket=bucket, Key=probe, Body=b"")
-            client.delete_object(Bucket=bucket, Key=probe)
+            probe_key = f"{key.rstrip('/')}/.fa-write-probe-{os.getpid()}".lstrip("/")
+            client.put_object(Bucket=bucket, Key=probe_key, Body=b"")
+            client.delete_object(Bucket=bucket, Key=probe_key)
             return
         found = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
     except Exception as exc:

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fashion_attr.credentials import adopt_uri_credentials, redact_params, safe_uri
 from fashion_attr.endpoints import check_mlflow, prepare_mlflow_client
@@ -110,14 +110,14 @@ def pipeline_parent_run(client: Any, experiment_id: str, pipeline_run: str) -> s
         max_results=1,
     )
     if found:
-        return found[0].info.run_id
+        return cast(str, found[0].info.run_id)
     parent = client.create_run(
         experiment_id,
         run_name=f"pipeline-{pipeline_run}",
         tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline"},
     )
     client.set_terminated(parent.info.run_id)
-    return parent.info.run_id
+    return cast(str, parent.info.run_id)
 
 
 def experiment_id(client: Any, name: str | None = None) -> str:
@@ -127,15 +127,15 @@ def experiment_id(client: Any, name: str | None = None) -> str:
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        return exp.experiment_id
+        return cast(str, exp.experiment_id)
     try:
-        return client.create_experiment(name)
+        return cast(str, client.create_experiment(name))
     except MlflowException as exc:  # created meanwhile by a concurrent step
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         exp = client.get_experiment_by_name(name)
         assert exp is not None
-        return exp.experiment_id
+        return cast(str, exp.experiment_id)
 
 
 def _step_parent(client: Any, experiment: str, pipeline_run: str) -> tuple[str, str | None]:

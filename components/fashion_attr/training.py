@@ -83,8 +83,11 @@ class Procedure(Protocol):
     """
 
     name: str
-    terms: tuple[str, ...]
     fix: str
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """Read only, so a class attribute such as ``("loss_d", "loss_g")`` satisfies it."""
 
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch's first step (learning-rate schedules)."""
@@ -114,6 +117,20 @@ class Procedure(Protocol):
 
     def after_checkpoint(self) -> None:
         """Rank 0, right after a checkpoint was written (e.g. publish a best model)."""
+
+
+class EpochLoader(Protocol):
+    """What ``make_loader`` returns: the batches of one epoch for this rank.
+
+    A :class:`~fashion_attr.data.loader.ShardLoader` is one.
+    """
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """This rank's samples in a whole epoch."""
+
+    def __iter__(self) -> Iterator[Any]:
+        """The batches, from the requested start sample on."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +229,7 @@ class ResumableLoop:
         from fashion_attr.config import config_to_dict
         from fashion_attr.data.loader import make_loader
 
-        def loader(epoch: int, start: int) -> Any:
+        def loader(epoch: int, start: int) -> EpochLoader:
             return make_loader(
                 data,
                 "train",
@@ -253,7 +270,7 @@ class ResumableLoop:
         out: str,
         ctx: DistContext,
         schedule: Schedule,
-        make_loader: Callable[[int, int], Iterable[Any]],
+        make_loader: Callable[[int, int], EpochLoader],
         tracker: Tracker,
         device: torch.device,
         config: Mapping[str, Any],

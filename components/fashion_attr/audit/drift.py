@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import stats
@@ -117,7 +117,8 @@ def label_drift(
             first.setdefault(groups[r.index], r)
         labelled = list(first.values())
     n_batch = len(labelled)
-    b_cat = np.bincount([int(r.category) for r in labelled], minlength=len(cat_names))
+    # A labelled record has a category.
+    b_cat = np.bincount([int(cast(int, r.category)) for r in labelled], minlength=len(cat_names))
     scale = max(float(base_images_per_group), 1.0)
 
     def deflate(counts: Sequence[int]) -> np.ndarray:
@@ -183,7 +184,7 @@ def label_drift(
         ]
     )
     q_each = _bh(p_each)
-    categories = [
+    categories: list[dict[str, Any]] = [
         {
             "name": cat_names[c],
             "batch": int(b_cat[c]),
@@ -207,7 +208,7 @@ def label_drift(
         ]
     )
     q_attr = _bh(p_attr)
-    attributes = []
+    attributes: list[dict[str, Any]] = []
     for j, name in enumerate(attr_names):
         if not np.isfinite(p_attr[j]):
             continue
@@ -389,7 +390,7 @@ def feature_drift(
         sy[rows, flat_y] = 1.0
         ax, ay = sx @ member, sy @ member
         w = ax / ax.sum(axis=1, keepdims=True) - ay / ay.sum(axis=1, keepdims=True)
-        return ((w @ kernel) * w).sum(axis=1).reshape(x.shape[:-1])
+        return cast(np.ndarray, ((w @ kernel) * w).sum(axis=1).reshape(x.shape[:-1]))
 
     test = stats.permutation_test(
         (np.arange(g_ref), np.arange(g_ref, g_ref + g_new)),

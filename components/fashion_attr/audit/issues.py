@@ -212,7 +212,9 @@ def thresholds_from_labelled(
     )
 
 
-def _cleanlab_flags(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, filter_by: str):
+def _cleanlab_flags(
+    labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, filter_by: str
+) -> np.ndarray:
     """Run cleanlab's confident-learning filter with the given per-class thresholds."""
     from cleanlab.count import compute_confident_joint
     from cleanlab.filter import find_label_issues as cl_find

@@ -49,7 +49,7 @@ def read_per_attribute_csv(uri: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _records(side: PerAttribute | str) -> list[Mapping[str, Any]]:
+def _records(side: PerAttribute | str) -> Sequence[Mapping[str, Any]]:
     return read_per_attribute_csv(side) if isinstance(side, str) else list(side)
 
 
@@ -92,7 +92,7 @@ def recall_change(
             "score both models on the same dataset version (the gate's paired split)"
         )
     key = f"recall@{k}"
-    rows = []
+    rows: list[dict[str, Any]] = []
     for j, (x, y) in enumerate(zip(a, b, strict=True)):
         name = attribute_names[j] if attribute_names is not None else str(x.get("name", j))
         positives = _num(x.get("test_positives"))

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fashion_attr import storage
 from fashion_attr.data.ingest.batch import UNLABELLED_SPLIT, read_unlabelled_listing
@@ -200,7 +200,7 @@ def read_member_meta(path: Path, member: ShardMember) -> dict[str, Any]:
     """The label record of one sample of a local shard."""
     with open(path, "rb") as fh:
         fh.seek(member.json_offset)
-        return json.loads(fh.read(member.json_size))
+        return cast(dict[str, Any], json.loads(fh.read(member.json_size)))
 
 
 def collect_batch(

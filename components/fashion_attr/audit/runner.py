@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from fashion_attr.config import AuditConfig
 from fashion_attr.data.ingest.engine import iter_index, read_index
 from fashion_attr.data.loader import fetch_shards
 from fashion_attr.data.shards import ShardMember, resolve_shard_uri
+
+if TYPE_CHECKING:
+    from fashion_attr.hardness import HardLabelMemory
 
 __all__ = ["FILES", "AuditOutcome", "audit_version"]
 
@@ -193,7 +196,9 @@ def _base_images_per_group(batch: BatchSet, cfg: AuditConfig) -> float:
     return len(images) / len(set(group_keys(images, cfg.group_by, cfg.max_group_size)))
 
 
-def _memory(champion: Champion, ref: _Reference | None, n_attr: int, n_cat: int):
+def _memory(
+    champion: Champion, ref: _Reference | None, n_attr: int, n_cat: int
+) -> tuple[HardLabelMemory | None, str]:
     """The hard-label memory: from the champion's training checkpoint, else rebuilt."""
     from fashion_attr.checkpoint import CHECKPOINT_NAME, load_artifact
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from fashion_attr.classifier.export import load_exported_model
 from fashion_attr.classifier.inference import prepare_images
+from fashion_attr.classifier.model import AttributeClassifier
 from fashion_attr.data.loader import ShardDataset
 from fashion_attr.data.shards import Manifest, ShardMember
 from fashion_attr.progress import CountProgress
@@ -145,7 +146,8 @@ def score_members(
     size = int(pre["image_size"])
     dataset = ShardDataset([(p, list(m)) for p, m in shards], num_attributes)
     n = len(dataset)
-    net, device = champion.net, champion.device
+    # load_exported_model builds an AttributeClassifier
+    net, device = cast(AttributeClassifier, champion.net), champion.device
     feat_dim = int(getattr(net, "feat_dim", 0))
     outs: dict[str, list[np.ndarray]] = {"cat": [], "attr": [], "feat": []}
     t0 = time.perf_counter()

@@ -103,7 +103,9 @@ def tag_records(
         attributes, top = {}, {}
         for name, idx in groups.items():
             ranked = sorted(idx, key=lambda j: -float(p[j]))
-            items = [{"name": attribute_names[j], "prob": _r(p[j])} for j in ranked]
+            items: list[dict[str, Any]] = [
+                {"name": attribute_names[j], "prob": _r(p[j])} for j in ranked
+            ]
             attributes[name] = [it for it in items if it["prob"] >= threshold]
             top[name] = items[:top_k]
         overall = np.argsort(-p, kind="stable")[:top_k]
@@ -124,7 +126,9 @@ def tag_records(
     return out
 
 
-def memory_from_checkpoint(state: dict[str, Any], num_attributes: int, num_categories: int):
+def memory_from_checkpoint(
+    state: dict[str, Any], num_attributes: int, num_categories: int
+) -> HardLabelMemory | None:
     """The hard-label memory a training checkpoint holds, or None (Deact was off)."""
     saved = state.get("memory") if isinstance(state, dict) else None
     if not saved:
@@ -214,7 +218,7 @@ def labelling_queue(
         w_attr = _scaled(memory.attr_scores[:, 1].cpu().numpy().astype(np.float64))
     else:
         w_cat, w_attr = np.ones(n_cat), np.ones(n_attr)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         pc = np.clip(cat_probs[i].astype(np.float64), _EPS, 1.0)
         top = int(np.argmax(pc)) if n_cat else -1

@@ -18,13 +18,13 @@ stays free of the training code.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from fashion_attr.checkpoint import load_artifact
-from fashion_attr.classifier.model import build_classifier
+from fashion_attr.classifier.model import AttributeClassifier, ClassifierArch, build_classifier
 
 __all__ = [
     "MODEL_FORMAT",
@@ -68,7 +68,7 @@ def export_blob(
     """The export of ``model`` (unwrapped from DDP/compile), weights copied to the CPU."""
     base = getattr(model, "_orig_mod", model)
     base = getattr(base, "module", base)
-    spec = base.expected_input()
+    spec = cast(AttributeClassifier, base).expected_input()
     return {
         "format": MODEL_FORMAT,
         "arch": arch,
@@ -129,7 +129,7 @@ def read_model(uri: str, map_location: str | torch.device = "cpu") -> dict[str, 
 def model_from_blob(blob: Mapping[str, Any]) -> nn.Module:
     """Build the network an export describes and load its weights (on the CPU, eval mode)."""
     model = build_classifier(
-        str(blob["arch"]),
+        cast(ClassifierArch, str(blob["arch"])),  # build_classifier rejects another
         int(blob["num_attributes"]),
         int(blob["num_categories"]),
         in_channels=int(blob["in_channels"]),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +69,7 @@ class _Head(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.linear is None:
             return x.new_zeros((x.shape[0], 0))
-        return self.linear(x)
+        return cast(Tensor, self.linear(x))
 
 
 class AttributeClassifier(nn.Module):
@@ -88,6 +88,7 @@ class AttributeClassifier(nn.Module):
 
     arch: str = ""
     default_image_size: int | None = None
+    trunk: nn.Module  # set by the subclasses that do not override ``features``
 
     def __init__(self, num_attributes: int, num_categories: int, in_channels: int) -> None:
         super().__init__()
@@ -114,7 +115,7 @@ class AttributeClassifier(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Feature vector [B, feat_dim] before dropout and heads."""
-        return self.trunk(x)
+        return cast(Tensor, self.trunk(x))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Classify a batch.
@@ -167,7 +168,7 @@ class VGG16PaperClassifier(AttributeClassifier):
         _require_rgb(self.arch, in_channels)
         from torchvision.models import vgg16
 
-        self.backbone = vgg16(weights=None).features
+        self.backbone: nn.Module = vgg16(weights=None).features
         self.extra = nn.Sequential(
             nn.Conv2d(512, 2048, 3, padding=0),
             nn.ReLU(inplace=True),
@@ -179,12 +180,13 @@ class VGG16PaperClassifier(AttributeClassifier):
         for m in self.extra.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                assert m.bias is not None  # Conv2d's default bias=True
                 nn.init.zeros_(m.bias)
         self._build_heads(4096, dropout)
 
     def features(self, x: Tensor) -> Tensor:
         """Feature vector [B, 4096]: VGG trunk, the two unpadded convs, GAP."""
-        return self.extra(self.backbone(x))
+        return cast(Tensor, self.extra(self.backbone(x)))
 
     def pretrained_module(self) -> nn.Module:
         """The module that ImageNet weights load into (torchvision's ``features``)."""
@@ -332,7 +334,8 @@ def _trunk_state_from_torchvision(arch: str, state: Mapping[str, Tensor]) -> dic
 
 
 def _load_trunk(model: AttributeClassifier, state: Mapping[str, Tensor], source: str) -> None:
-    target = model.pretrained_module()  # type: ignore[attr-defined]
+    # Only these two take pretrained weights (build_classifier refuses the others).
+    target = cast(VGG16PaperClassifier | ResNet50Classifier, model).pretrained_module()
     trunk_state = _trunk_state_from_torchvision(model.arch, state)
     expected = set(target.state_dict())
     got = set(trunk_state)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -125,7 +125,7 @@ class ClassifierTrainer:
         torch.manual_seed(cfg.seed + 1 + ctx.rank)  # dropout differs per rank
         train_model: nn.Module = self.model
         if cfg.compile and device.type == "cuda":
-            train_model = torch.compile(train_model)
+            train_model = cast(nn.Module, torch.compile(train_model))  # an OptimizedModule
         if ctx.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
             train_model = DDP(train_model, device_ids=ids)
@@ -171,7 +171,7 @@ class ClassifierTrainer:
         with autocast(self.device, self.bf16):
             terms = self.task.step_loss(self.train_model, x, targets, known, category, step)
         with record_function("fa.backward"):
-            terms.total.backward()
+            terms.total.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         with record_function("fa.optimizer"):
             self.optimizer.step()
         if terms.sc is not None:
@@ -263,7 +263,8 @@ class ClassifierTrainer:
             )
             predict_split(
                 self.model,
-                loader,
+                # gpu_decode is off: the images are decoded tensors, never lists of bytes
+                cast(Iterable[tuple[Tensor, Tensor, Tensor, Tensor]], loader),
                 device=self.device,
                 image_size=cfg.image_size,
                 mean=self.mean,

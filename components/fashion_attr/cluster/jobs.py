@@ -244,9 +244,9 @@ def _check_inputs(
     _check_step(step)
     if kind == "trainjob":
         check_release(trainer_release)
-    for field, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{field}={value!r} must be an integer >= 1")
+    for field, count in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{field}={count!r} must be an integer >= 1")
     if not (len(name) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(name)):
         raise ValueError(
             f"name {name!r} is not a valid job name: lower-case letters, digits and '-', "
@@ -331,7 +331,7 @@ def _trainjob(
     def quantities(amounts: Mapping[str, str]) -> dict[str, Any]:
         return {k: m.IoK8sApimachineryPkgApiResourceQuantity(v) for k, v in amounts.items()}
 
-    env = (
+    env_vars = (
         [
             m.IoK8sApiCoreV1EnvVar(
                 name=var,
@@ -362,7 +362,7 @@ def _trainjob(
         args=trainer_args,
         num_nodes=nodes,
         resources_per_node=m.IoK8sApiCoreV1ResourceRequirements(**resources),
-        env=env,
+        env=env_vars,
     )
     # The per-pod settings. Trainer v2.2+ merges them (strategic merge) into the runtime's
     # pod template; v2.1 takes the same fields in its PodTemplateSpecOverride.
@@ -408,7 +408,7 @@ def _trainjob(
             )
         ]
     api = APIS["trainjob"]
-    job = m.TrainerV1alpha1TrainJob(
+    job: dict[str, Any] = m.TrainerV1alpha1TrainJob(
         api_version=f"{api.group}/{api.version}",
         kind=api.kind,
         metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(

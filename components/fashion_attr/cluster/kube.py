@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "APIS",
@@ -182,8 +182,11 @@ def check_secrets(core_api: Any, job: Mapping[str, Any], namespace: str) -> None
 def get_job(api: Any, spec: JobApi, namespace: str, name: str) -> dict[str, Any] | None:
     """The job as the API server has it, or None when it does not exist."""
     try:
-        return api.get_namespaced_custom_object(
-            spec.group, spec.version, namespace, spec.plural, name
+        return cast(
+            dict[str, Any],
+            api.get_namespaced_custom_object(
+                spec.group, spec.version, namespace, spec.plural, name
+            ),
         )
     except Exception as exc:
         if status_of(exc) == 404:

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fashion_attr.cluster.jobs import JobKind, Step, job_name_for, render_job
 from fashion_attr.cluster.kube import (
@@ -331,7 +331,7 @@ def launch_and_wait(
     if core_api is None and getattr(api, "api_client", None) is not None:
         from kubernetes import client
 
-        core_api = client.CoreV1Api(api.api_client)
+        core_api = client.CoreV1Api(cast(Any, api).api_client)  # it has one (checked above)
     created = attach_or_submit(
         job,
         api=api,

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import numpy as np
 
@@ -742,7 +742,9 @@ def _missing(
     )
 
 
-def _open(open_text: Callable[[str], AbstractContextManager[TextIO]], rel: str):
+def _open(
+    open_text: Callable[[str], AbstractContextManager[TextIO]], rel: str
+) -> AbstractContextManager[TextIO]:
     try:
         return open_text(rel)
     except FileNotFoundError as e:
@@ -852,7 +854,14 @@ def load_annotations(
     cat_list = cat.tolist()
     box_list = boxes.tolist()
     records = [
-        ImageRecord(names[i], cat_list[i], tuple(box_list[i]), splits[i], positives[i], unknown[i])
+        ImageRecord(
+            names[i],
+            cat_list[i],
+            cast("tuple[int, int, int, int]", tuple(box_list[i])),  # the four columns of BBOX
+            splits[i],
+            positives[i],
+            unknown[i],
+        )
         for i in range(n)
     ]
     return DatasetIndex(categories=categories, attributes=attributes, records=records)

@@ -48,6 +48,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from fashion_attr import storage
 
@@ -149,7 +150,7 @@ def _cache_uri(dest: str, root: str) -> str:
     return storage.join(dest, CACHE_DIR, f"{key}.json.gz")
 
 
-def _load_cache(uri: str) -> dict[str, list]:
+def _load_cache(uri: str) -> dict[str, list[Any]]:
     try:
         data = json.loads(gzip.decompress(storage.read_bytes(uri)))
     except FileNotFoundError:

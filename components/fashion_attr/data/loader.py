@@ -276,7 +276,7 @@ def whole_image_view(
     return canvas
 
 
-class ShardDataset(Dataset):
+class ShardDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]):
     """Map-style dataset over the samples of verified local shards.
 
     Sample ``i`` is the ``i``-th sample in manifest shard order; reading it is

@@ -47,7 +47,7 @@ class _Geom:
     open_front: bool = False
 
 
-def _hem_edge(right: Point, left: Point, ruffle: bool) -> list:
+def _hem_edge(right: Point, left: Point, ruffle: bool) -> list[Point]:
     """Points from the right hem corner to the left one; scalloped for a ruffle hem."""
     if not ruffle:
         return [right, left]

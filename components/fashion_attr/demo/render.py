@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -236,13 +237,15 @@ def _printed_fabric(item: _Item, geom: _Geom, view: _View, rng: np.random.Genera
         layer = _motif_layer(item, geom, view, phase, rng)
         la = np.asarray(layer, dtype=np.float32) / 255.0
         alpha = la[..., 3:4]
-        return fabric * (1 - alpha) + la[..., :3] * alpha
+        return cast(np.ndarray, fabric * (1 - alpha) + la[..., :3] * alpha)
     return fabric
 
 
 def _blend(fabric: np.ndarray, ink: np.ndarray, colour: Sequence[float]) -> np.ndarray:
     """Print ``colour`` over the fabric at coverage ``ink`` (0..1)."""
-    return fabric * (1 - ink[..., None]) + np.array(colour, np.float32) * ink[..., None]
+    return cast(
+        np.ndarray, fabric * (1 - ink[..., None]) + np.array(colour, np.float32) * ink[..., None]
+    )
 
 
 def _pattern_ink(a: frozenset[str], k: float, view: _View, phase: float) -> np.ndarray | None:

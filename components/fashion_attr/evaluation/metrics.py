@@ -50,7 +50,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -815,7 +815,8 @@ class PerImageStats:
             buf,
             names=np.array([names[f"a{i}"] for i in range(len(names))], dtype=np.str_),
             tail_attributes=np.array(self.tail_attributes),
-            **{key: self.arrays[name] for key, name in names.items()},
+            # Any: numpy's stub would match a value to allow_pickle (bool)
+            **cast(dict[str, Any], {key: self.arrays[name] for key, name in names.items()}),
         )
         return buf.getvalue()
 

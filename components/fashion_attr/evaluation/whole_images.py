@@ -58,8 +58,10 @@ class WholeImages:
 
     def _load(self, uri: str) -> torch.Tensor | None:
         try:
-            with Image.open(io.BytesIO(storage.read_bytes(uri))) as img:
-                img = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+            with Image.open(io.BytesIO(storage.read_bytes(uri))) as opened:
+                img = opened.convert("RGB").resize(
+                    (self.size, self.size), Image.Resampling.BILINEAR
+                )
                 array = np.asarray(img, dtype=np.uint8)
         except (OSError, ValueError, SyntaxError):
             return None

@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -353,7 +353,7 @@ class MRGenerator(nn.Module):
         ``projection_weight[noise_channels]`` holds the filters ``w_ij`` from noise
         dimension ``j`` to every channel ``i`` that the DC loss (eq. 7-8) decorrelates.
         """
-        return self.project[0].weight
+        return cast(nn.Parameter, self.project[0].weight)
 
     @property
     def noise_channels(self) -> slice:
@@ -436,7 +436,9 @@ class MRGenerator(nn.Module):
         z = torch.randn(cond.shape[0], self.spec.z_dim, generator=generator, device=z_device).to(
             device
         )
-        images = self(z, cond.to(device), perturb_sigma=perturb_sigma, noise_generator=generator)
+        images: list[Tensor] = self(
+            z, cond.to(device), perturb_sigma=perturb_sigma, noise_generator=generator
+        )
         return images if all_levels else images[-1]
 
 
@@ -522,7 +524,7 @@ class MRDiscriminator(nn.Module):
             h = block(h)
         h = torch.flatten(h, 1)
         proj = (self.embed(cond.to(h.dtype)) * h).sum(dim=1)
-        return self.linear(h).squeeze(1) + proj
+        return cast(Tensor, self.linear(h).squeeze(1) + proj)
 
     def forward(self, images: Sequence[Tensor], cond: Tensor) -> Tensor:
         """Score every level.

@@ -167,13 +167,30 @@ def get_loss(name: str) -> Callable[..., Tensor]:
 
 
 class LossSettings(Protocol):
-    """What :func:`build_loss` reads of a loss configuration (``config.LossConfig``)."""
+    """What :func:`build_loss` reads of a loss configuration (``config.LossConfig``).
 
-    name: str
-    gamma: float
-    base: str
-    detach_weights: bool
-    ohem_ratio: float
+    Read-only properties, so that a frozen config with ``Literal`` fields satisfies it.
+    """
+
+    @property
+    def name(self) -> str:
+        """The :data:`LOSSES` name."""
+
+    @property
+    def gamma(self) -> float:
+        """The hardness exponent."""
+
+    @property
+    def base(self) -> str:
+        """HABP's base loss."""
+
+    @property
+    def detach_weights(self) -> bool:
+        """Whether the hardness weights are constants."""
+
+    @property
+    def ohem_ratio(self) -> float:
+        """OHEM's kept fraction."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ modern reference beyond the paper.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,8 @@ __all__ = [
 
 
 def _device(attr_logits: Tensor | None, cat_logits: Tensor | None) -> torch.device:
-    return (attr_logits if attr_logits is not None else cat_logits).device
+    # check_inputs ran first: at least one head's logits are given.
+    return (attr_logits if attr_logits is not None else cast(Tensor, cat_logits)).device
 
 
 def _node_losses(
@@ -68,6 +69,7 @@ def _node_losses(
     if attr_logits is not None:
         s = attr_logits.float()
         u = known_mask(s, known)
+        assert attr_targets is not None  # check_inputs raised otherwise
         y = clean_targets(attr_targets, u)
         node = attribute_node_loss(s, y, pos_weight)
         if gamma is not None:
@@ -78,6 +80,7 @@ def _node_losses(
         total = total + torch.where(u, node, torch.zeros_like(node)).sum()
         count = count + u.sum()
     if cat_logits is not None:
+        assert cat_targets is not None  # check_inputs raised otherwise
         sc = cat_logits.float()
         node_c = category_node_loss(sc, cat_targets)
         if gamma is not None:
@@ -284,12 +287,14 @@ def ohem_loss(
         if attr_logits is not None:
             s = attr_logits.float()
             u = known_mask(s, known)
+            assert attr_targets is not None  # check_inputs raised otherwise
             y = clean_targets(attr_targets, u)
             node = attribute_node_loss(s, y)
             # Unknown nodes sort last and are never within the kept ranks.
             parts.append(torch.where(u, node, torch.full_like(node, float("-inf"))).flatten())
             n_known = n_known + u.sum()
         if cat_logits is not None:
+            assert cat_targets is not None  # check_inputs raised otherwise
             parts.append(category_node_loss(cat_logits.float(), cat_targets))
             n_known = n_known + cat_logits.shape[0]
         losses = torch.cat(parts)
@@ -525,6 +530,7 @@ def asymmetric_loss(
         if attr_logits is not None:
             s = attr_logits.float()
             u = known_mask(s, known)
+            assert attr_targets is not None  # check_inputs raised otherwise
             y = clean_targets(attr_targets, u)
             p = torch.sigmoid(s)
             log_p = F.logsigmoid(s)
@@ -543,6 +549,7 @@ def asymmetric_loss(
             total = total + torch.where(u, node, torch.zeros_like(node)).sum()
             count = count + u.sum()
         if cat_logits is not None:
+            assert cat_targets is not None  # check_inputs raised otherwise
             total = total + category_node_loss(cat_logits.float(), cat_targets).sum()
             count = count + cat_logits.shape[0]
         return total / count.clamp_min(1.0)

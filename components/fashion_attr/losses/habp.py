@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -387,13 +388,15 @@ def habp_terms(
     """
     check_gamma(gamma, "habp_terms")
     check_inputs(attr_logits, attr_targets, known, cat_logits, cat_targets, "habp_terms")
-    device = (attr_logits if attr_logits is not None else cat_logits).device
+    # check_inputs raised unless at least one head's logits are given.
+    device = (attr_logits if attr_logits is not None else cast(Tensor, cat_logits)).device
     weighted_sum = torch.zeros((), dtype=torch.float32, device=device)
     weight_sum = torch.zeros((), dtype=torch.float32, device=device)
     with fp32_region(device):
         if attr_logits is not None:
             s = attr_logits.float()
             u = known_mask(s, known)
+            assert attr_targets is not None  # check_inputs raised otherwise
             y = clean_targets(attr_targets, u)
             w_pos = pos_weight_tensor(pos_weight, s.shape[1], device, "habp_terms")
             loss = attribute_node_loss(s, y, w_pos)
@@ -404,6 +407,7 @@ def habp_terms(
             weighted_sum = weighted_sum + torch.where(u, h * loss, zero).sum()
             weight_sum = weight_sum + torch.where(u, h, zero).sum()
         if cat_logits is not None:
+            assert cat_targets is not None  # check_inputs raised otherwise
             sc = cat_logits.float()
             loss_c = category_node_loss(sc, cat_targets)
             h_c = category_hardness(sc, cat_targets, gamma)

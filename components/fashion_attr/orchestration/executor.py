@@ -34,12 +34,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic import BaseModel
 
 from fashion_attr import cluster, storage
+from fashion_attr.cluster.jobs import JobKind, Step
 from fashion_attr.config import config_to_dict
 from fashion_attr.orchestration.identity import Placement, attempt_fingerprint
 from fashion_attr.orchestration.lease import OutputLease
@@ -153,7 +154,7 @@ def execute(
             return result_type.read(out)
         check_gpus(step, placement.gpus)
         if placement.gpus <= 1:
-            return module.run(cfg, data, out, **inputs)
+            return cast(StepResult, module.run(cfg, data, out, **inputs))
         _under_torchrun(step, module.__name__, cfg, data, out, placement.gpus, inputs)
         return result_type.read(out)
 
@@ -250,15 +251,16 @@ def _on_cluster(
     # The job may run as long as this launcher's own pod (its deadline, FA_TASK_DEADLINE_S,
     # set at compile time), less a margin to delete the job before the pod is killed.
     deadline = float(os.environ.get("FA_TASK_DEADLINE_S", str(48 * 3600)))
+    assert placement.image is not None  # _check_cluster_placement ran before (nodes > 1)
     try:
         cluster.run_step_on_cluster(
-            step,
+            cast(Step, step),  # one of STEPS (checked by execute)
             argv,
             key=out.rstrip("/").rsplit("/", 1)[-1],
             nodes=placement.nodes,
             gpus_per_node=placement.gpus,
             image=placement.image,
-            kind=placement.job_kind,
+            kind=cast(JobKind, placement.job_kind),  # render_job checks it (ValueError)
             timeout_s=max(deadline - 300, 60),
         )
     except RuntimeError as exc:

@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
+
+from pydantic import BaseModel
 
 from fashion_attr import storage
 from fashion_attr.config import (
@@ -51,6 +53,8 @@ from fashion_attr.version import code_version
 #: ``plan``'s decisions.
 TRAIN, UNCHANGED = "train", "unchanged"
 
+R = TypeVar("R", bound=StepResult)
+
 
 class Artifact(Protocol):
     """The part of a KFP artifact this module uses."""
@@ -64,7 +68,7 @@ def _out(storage_uri: str, step: str, placement: Placement | None = None, **part
     return storage.join(storage_uri, "runs", step, output_key(placement=placement, **parts))
 
 
-def _store(artifact: Artifact, result: Any) -> Any:
+def _store(artifact: Artifact, result: R) -> R:
     """Keep a step's result in its output artifact (metadata for the UI + the artifact file)."""
     data = json.loads(result.model_dump_json())
     artifact.metadata.update({k: v for k, v in data.items() if isinstance(v, str | int | float)})
@@ -73,7 +77,7 @@ def _store(artifact: Artifact, result: Any) -> Any:
     return result
 
 
-def _load(artifact: Artifact, result_type: type[StepResult]) -> Any:
+def _load(artifact: Artifact, result_type: type[R]) -> R:
     try:
         return result_type.model_validate_json(Path(artifact.path).read_text())
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -129,7 +133,7 @@ def _reap_orphaned_jobs() -> None:
         logging.getLogger(__name__).warning("could not look for orphaned training jobs: %s", exc)
 
 
-def _ingest(part: int | None, p: dict[str, Any]) -> Any:
+def _ingest(part: int | None, p: dict[str, Any]) -> PreprocessResult | None:
     base = optional(p["base_version"])
     if part is not None and (base or p["parts"] <= 1):
         return None  # catalog batches and unsplit ingests: all the work is in `ingest`
@@ -161,7 +165,9 @@ def ingest_part(*, part: int, pipeline_run: str, **params: Any) -> None:
 def ingest(*, pipeline_run: str, dataset: Artifact, **params: Any) -> str:
     """Publish the version: merge the parts, ingest whole, or fold pending catalog batches."""
     with _ingest_attempt("ingest", pipeline_run, params):
-        result = _store(dataset, _ingest(None, params))
+        ingested = _ingest(None, params)
+        assert ingested is not None  # None only for a part of a fan-out
+        result = _store(dataset, ingested)
         print(f"ingest: dataset version {result.version} ({result.status}) at {result.uri}")
         return result.version
 
@@ -343,7 +349,7 @@ def audit(
 
 def _train(
     step: str,
-    cfg_type: type,
+    cfg_type: type[BaseModel],
     output: Artifact,
     *,
     dataset: Artifact,
@@ -356,7 +362,7 @@ def _train(
     job_kind: str,
     image: str,
     **inputs: Any,
-) -> Any:
+) -> StepResult:
     placement = _placement(gpus, nodes, job_kind, image)
     _nest_under(pipeline_run)
     # Passing a generator through needs no GPU and no cluster job.
@@ -381,13 +387,15 @@ def _train(
 def gan_training(*, generator: Artifact, reuse_generator: str, **params: Any) -> str:
     """Train MR-GAN (or check and pass through ``reuse_generator``); returns its URI."""
     reuse = optional(reuse_generator)
-    return _train("train_gan", GanConfig, generator, reuse_generator=reuse, **params).generator
+    trained = _train("train_gan", GanConfig, generator, reuse_generator=reuse, **params)
+    return cast(TrainGanResult, trained).generator
 
 
 def classifier_training(*, generator: Artifact, model: Artifact, **params: Any) -> str:
     """Train the classifier with HABP + Deact on the frozen generator; returns the model URI."""
     gen = _load(generator, TrainGanResult).generator
-    return _train("train_classifier", ClassifierConfig, model, generator=gen, **params).model
+    trained = _train("train_classifier", ClassifierConfig, model, generator=gen, **params)
+    return cast(TrainClassifierResult, trained).model
 
 
 def evaluation(
@@ -453,7 +461,10 @@ def registration(
         scored = _load(evaluation, EvaluateResult)
         audited = Path(audit_result.path).read_text().strip()
         audit_done = AuditResult.model_validate_json(audited) if audited not in ("", "{}") else None
-        gate = {"tolerance": gate_tolerance, "gate_metrics": names(gate_metrics) or None}
+        gate: dict[str, Any] = {
+            "tolerance": gate_tolerance,
+            "gate_metrics": names(gate_metrics) or None,
+        }
         cfg = config(RegisterConfig, preset, model_name=model_name, **gate)
         done = register.run(
             cfg,

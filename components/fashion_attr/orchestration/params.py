@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fashion_attr.config import load_config
+from fashion_attr.config import T, load_config
 
 __all__ = ["config", "names", "optional", "overrides"]
 
@@ -41,7 +41,7 @@ def names(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
 
-def config(model: type, preset: str, override_text: str = "none", **extra: Any) -> Any:
+def config(model: type[T], preset: str, override_text: str = "none", **extra: Any) -> T:
     """A step's config from the pipeline's ``preset`` and overrides parameters."""
     return load_config(
         model, preset=optional(preset), overrides=overrides(override_text), extra=extra

@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -154,22 +154,27 @@ def check_pipeline_inputs(
         "tolerance": gate_tolerance,
         "gate_metrics": list(gate_metrics) or None,
     }
-    for name, model, extra_overrides, extra in (
+    steps: tuple[tuple[str, type[BaseModel], Sequence[str], dict[str, Any] | None], ...] = (
         ("preprocess", PreprocessConfig, (), None),
         ("train_gan", GanConfig, gan_overrides, None),
         ("train_classifier", ClassifierConfig, classifier_overrides, None),
         ("evaluate", EvaluateConfig, (), None),
         ("register", RegisterConfig, (), register_extra),
-    ):
-        cfg = check(
-            f"{name} config",
-            lambda m=model, o=extra_overrides, e=extra: load_config(
-                m, preset=preset, overrides=list(o), extra=e
-            ),
-        )
+    )
+    for name, model, extra_overrides, extra in steps:
+
+        def resolve(
+            m: type[BaseModel] = model,
+            o: Sequence[str] = extra_overrides,
+            e: dict[str, Any] | None = extra,
+        ) -> BaseModel:
+            return load_config(m, preset=preset, overrides=list(o), extra=e)
+
+        cfg = check(f"{name} config", resolve)
         if cfg is not None:
             plan.configs[name] = cfg
-    ev, reg = plan.configs.get("evaluate"), plan.configs.get("register")
+    ev = cast(EvaluateConfig | None, plan.configs.get("evaluate"))
+    reg = cast(RegisterConfig | None, plan.configs.get("register"))
     if ev is not None and reg is not None:
         from fashion_attr.evaluation.metrics import metric_names
 
@@ -217,7 +222,7 @@ def check_pipeline_inputs(
             check("batch_uri", lambda: storage.check_access(batch_uri))
     if reuse_generator:
         check("reuse_generator", lambda: storage.check_access(reuse_generator))
-    clf = plan.configs.get("train_classifier")
+    clf = cast(ClassifierConfig | None, plan.configs.get("train_classifier"))
     if clf is not None and getattr(clf, "pretrained", None):
         # torch loads only for presets with pretrained weights (the paper ones).
         from fashion_attr.classifier.model import check_pretrained

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["classify", "main", "request_body"]
 
@@ -53,7 +53,7 @@ def classify(
         raise RuntimeError(
             f"nothing answers at {url} ({exc.reason}). Fix: start the server with `make serve`"
         ) from None
-    return answer["predictions"][0]
+    return cast(dict[str, Any], answer["predictions"][0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 __all__ = [
     "Decision",
@@ -117,7 +117,7 @@ class Decision:
         }
 
 
-def is_finite_metric(value: Any) -> bool:
+def is_finite_metric(value: Any) -> TypeGuard[float]:
     """Whether ``value`` is a finite real number (``None``, NaN, inf, text and bools are not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
@@ -210,7 +210,7 @@ def decide_promotion(
         if not is_finite_metric(theirs):
             rows.append(GateRow(name, None, value, None, "n/a"))
             continue
-        theirs = float(theirs)  # type: ignore[arg-type]
+        theirs = float(theirs)
         delta = value - theirs
         if delta > tolerance + _EPS:
             verdict: Verdict = "better"

@@ -63,7 +63,7 @@ def find_trained(
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None  # the first run: nothing was ever registered
             raise
-        found = client.search_model_versions(
+        found: list[ModelVersion] = client.search_model_versions(
             filter_string=f"name = '{model_name}' and tags.`{TRAINING_KEY_TAG}` = '{training_key}'"
         )
         found = [mv for mv in found if (mv.tags or {}).get(TRAINING_KEY_TAG) == training_key]

@@ -45,7 +45,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -246,7 +246,7 @@ def _sha256(path: str) -> str:
 
 def _find_version(client: MlflowClient, name: str, pipeline_run_id: str) -> ModelVersion | None:
     quoted = pipeline_run_id.replace("'", "\\'")
-    found = client.search_model_versions(
+    found: list[ModelVersion] = client.search_model_versions(
         filter_string=f"name = '{name}' and tags.`{PIPELINE_RUN_TAG}` = '{quoted}'"
     )
     found = [mv for mv in found if (mv.tags or {}).get(PIPELINE_RUN_TAG) == pipeline_run_id]
@@ -422,7 +422,9 @@ def register_and_gate(
             **dict(lineage_tags or {}),
             # The gated metrics only (every metric is logged to the version's run).
             **{
-                METRIC_TAG_PREFIX + metric_key(k): repr(float(metrics[k])) for k in cfg.gate_metrics
+                # validate_gated_metrics checked that each is a finite number
+                METRIC_TAG_PREFIX + metric_key(k): repr(float(cast(float, metrics[k])))
+                for k in cfg.gate_metrics
             },
         }
         params = {

@@ -54,7 +54,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import numpy as np
@@ -62,6 +62,7 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types.schema import (
     Array,
     ColSpec,
@@ -190,7 +191,7 @@ class ImagePredictor:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data), formats=("JPEG", "PNG"))
+                img: Image.Image = Image.open(io.BytesIO(data), formats=("JPEG", "PNG"))
                 w, h = img.size  # header only: check before decoding the pixels
                 if w * h > MAX_IMAGE_PIXELS:
                     raise _bad(
@@ -286,7 +287,9 @@ class ImagePredictor:
         for name, idx in self.groups.items():
             # Stable sort on -p: ties keep the attribute order of the dataset.
             ranked = sorted(idx, key=lambda j: -float(attr_p[j]))
-            items = [{"name": self.attribute_names[j], "prob": float(attr_p[j])} for j in ranked]
+            items: list[dict[str, Any]] = [
+                {"name": self.attribute_names[j], "prob": float(attr_p[j])} for j in ranked
+            ]
             attributes[name] = [it for it in items if it["prob"] >= threshold]
             top[name] = items[:k]
         return {
@@ -340,8 +343,11 @@ def _image_bytes(value: Any, row: int) -> bytes:
 
 
 def _bad(row: int, problem: str, fix: str) -> MlflowException:
-    return MlflowException.invalid_parameter_value(
-        f"input column 'image', row {row}: {problem}. Fix: {fix}"
+    return cast(
+        MlflowException,
+        MlflowException.invalid_parameter_value(
+            f"input column 'image', row {row}: {problem}. Fix: {fix}"
+        ),
     )
 
 
@@ -356,13 +362,13 @@ def _check_threshold_k(threshold: float, top_k: int, source: str) -> None:
         )
 
 
-class FashionAttrPyfunc(mlflow.pyfunc.PythonModel):
+class FashionAttrPyfunc(PythonModel):
     """MLflow ``pyfunc`` serving the exported classifier (see the module docstring)."""
 
     def __init__(self) -> None:
         self._predictor: ImagePredictor | None = None
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         """Load ``model.pt`` (``weights_only``) onto CUDA when available, else CPU."""
         from fashion_attr.checkpoint import load_artifact
 
@@ -378,7 +384,7 @@ class FashionAttrPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext,
+        context: PythonModelContext,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
@@ -488,17 +494,20 @@ def log_pyfunc_model(
     with tempfile.TemporaryDirectory(prefix="fa-pyfunc-") as tmp:
         entry = Path(tmp) / "fashion_attr_model.py"
         entry.write_text(_ENTRY_CODE)
-        return mlflow.pyfunc.log_model(
-            name=artifact_path,
-            python_model=str(entry),
-            artifacts={MODEL_ARTIFACT: str(path)},
-            code_paths=[package_dir],
-            model_config={"attribute_threshold": float(threshold), "top_k": int(top_k)},
-            signature=model_signature(threshold, top_k),
-            input_example=pd.DataFrame(
-                {"image": [_example_image()], "bbox": [[2.0, 2.0, 14.0, 14.0]]}
+        return cast(
+            "mlflow.models.model.ModelInfo",
+            mlflow.pyfunc.log_model(
+                name=artifact_path,
+                python_model=str(entry),
+                artifacts={MODEL_ARTIFACT: str(path)},
+                code_paths=[package_dir],
+                model_config={"attribute_threshold": float(threshold), "top_k": int(top_k)},
+                signature=model_signature(threshold, top_k),
+                input_example=pd.DataFrame(
+                    {"image": [_example_image()], "bbox": [[2.0, 2.0, 14.0, 14.0]]}
+                ),
+                pip_requirements=pip_requirements(),
+                registered_model_name=registered_model_name,
+                metadata=meta,
             ),
-            pip_requirements=pip_requirements(),
-            registered_model_name=registered_model_name,
-            metadata=meta,
         )

@@ -39,6 +39,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fashion_attr import storage
 from fashion_attr.config import AuditConfig, EvaluateConfig, load_config
@@ -50,7 +51,9 @@ __all__ = ["AuditResult", "main", "model_version_tags", "resolve_champion", "run
 MODELS_SCHEME = "models:/"
 
 
-def resolve_champion(ref: str, *, tracking_uri: str | None = None, workdir: str | None = None):
+def resolve_champion(
+    ref: str, *, tracking_uri: str | None = None, workdir: str | None = None
+) -> str | None:
     """The local ``model.pt`` of ``models:/<name>@<alias>`` (or ``models:/<name>/<version>``).
 
     Reuses the registry's own alias lookup and download (what the promotion gate scores),
@@ -141,7 +144,7 @@ def model_version_tags(result: AuditResult) -> dict[str, str]:
     return tags
 
 
-def _metrics(result_fields: dict) -> dict[str, float]:
+def _metrics(result_fields: dict[str, Any]) -> dict[str, float]:
     kinds = result_fields.get("issues_by_kind", {})
     out = {
         "audit/records": result_fields["records"],
@@ -188,8 +191,8 @@ def _log_mlflow(
                 raise ValueError(
                     f"--model-version {model_version!r}: expected NAME/VERSION, e.g. fashion-attr/7"
                 )
-            for key, value in model_version_tags(result).items():
-                client.set_model_version_tag(name, version, key, value)
+            for key, tag in model_version_tags(result).items():
+                client.set_model_version_tag(name, version, key, tag)
     return run_id
 
 
@@ -260,7 +263,7 @@ def run(
     latest = None
     if policy.derived and versions.latest_version(dest) == batch.manifest.version:
         latest = versions.set_latest(dest, policy.version)
-    fields = {
+    fields: dict[str, Any] = {
         "status": outcome.status,
         "dataset_version": policy.version,
         "dataset_uri": policy.uri,

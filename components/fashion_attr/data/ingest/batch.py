@@ -28,7 +28,7 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, cast
 
 from fashion_attr import storage
 from fashion_attr.data.annotations import BBOX, Attribute, Category, load_annotations
@@ -172,7 +172,11 @@ def ingest_batch(
                 task = Task(
                     image_uri=image,
                     name=rec.image,
-                    bbox=tuple(rec.bbox) if rec.bbox is not None else None,
+                    bbox=(
+                        cast("tuple[int, int, int, int]", tuple(rec.bbox))
+                        if rec.bbox is not None
+                        else None
+                    ),
                     bbox_file=batch,
                     bbox_line=rec.line,
                     split=rec.split,
@@ -192,18 +196,18 @@ def ingest_batch(
         dataset = load_annotations(opener(batch))
         _check_same_labels(base_manifest, dataset.categories, dataset.attributes, batch)
         img_root = storage.join(batch, "Img")
-        for rec in dataset.records:
+        for record in dataset.records:
             tasks_src.append(
                 Task(
-                    image_uri=storage.join(img_root, rec.name),
-                    name=rec.name,
-                    bbox=tuple(rec.bbox),
+                    image_uri=storage.join(img_root, record.name),
+                    name=record.name,
+                    bbox=cast("tuple[int, int, int, int]", tuple(record.bbox)),
                     bbox_file=storage.join(batch, BBOX),
                     bbox_line=None,
-                    split=rec.split,
-                    category=rec.category,
-                    positives=tuple(rec.positives),
-                    unknown=tuple(rec.unknown),
+                    split=record.split,
+                    category=record.category,
+                    positives=tuple(record.positives),
+                    unknown=tuple(record.unknown),
                 )
             )
     # The images' content enters the version: a fixed or replaced image is new data.
@@ -351,7 +355,7 @@ def _check_same_labels(
     base: Manifest, categories: Sequence[Any], attributes: Sequence[Any], batch: str
 ) -> None:
     """A batch folder must define the same categories and attributes as the base version."""
-    pairs = [
+    pairs: list[tuple[str, str, Sequence[Any], Sequence[Any], str]] = [
         ("Anno/list_category_cloth.txt", "category", base.categories, categories, "type"),
         ("Anno/list_attr_cloth.txt", "attribute", base.attributes, attributes, "group"),
     ]

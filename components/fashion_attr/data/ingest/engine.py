@@ -29,7 +29,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -188,7 +188,7 @@ def _process_one(task: Task, image_size: int, quality: int) -> _Outcome:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             width, height = img.size  # header only: check before decoding the pixels
             if width * height > MAX_IMAGE_PIXELS:
                 return _Outcome(
@@ -203,7 +203,10 @@ def _process_one(task: Task, image_size: int, quality: int) -> _Outcome:
         return _Outcome(sha256=digest, skip=f"undecodable: {exc}")
     bbox = task.bbox if task.bbox is not None else (0, 0, width, height)
     try:
-        box = tuple(int(v) for v in clamp_bbox(bbox, width, height, task.bbox_file, task.bbox_line))
+        box = cast(
+            "tuple[int, int, int, int]",  # the four of clamp_bbox
+            tuple(int(v) for v in clamp_bbox(bbox, width, height, task.bbox_file, task.bbox_line)),
+        )
     except AnnotationError as exc:
         return _Outcome(error=(exc.file, exc.line, exc.message, exc.fix))
     out = img.crop(box).resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -212,7 +215,7 @@ def _process_one(task: Task, image_size: int, quality: int) -> _Outcome:
     return _Outcome(
         jpeg=buf.getvalue(),
         sha256=digest,
-        bbox=box,  # type: ignore[arg-type]
+        bbox=box,
         size=(width, height),
     )
 
@@ -518,14 +521,14 @@ def ingest_tasks(
                 # The shard this sample lands in: the writer's open one, numbered after
                 # the shards it has completed.
                 shard = shard_name(task.split, part, len(writer.written))
-                line = {
+                index_line = {
                     "key": key,
                     "image": task.name,
                     "sha256": outcome.sha256,
                     "split": task.split,
                     "shard": shard,
                 }
-                gz.write((json.dumps(line, separators=(",", ":")) + "\n").encode())
+                gz.write((json.dumps(index_line, separators=(",", ":")) + "\n").encode())
                 entries += 1
                 acc.add(task)
             for writer in writers.values():

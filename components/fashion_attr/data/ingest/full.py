@@ -24,7 +24,7 @@ import posixpath
 import random
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from fashion_attr import storage
 from fashion_attr.data.annotations import BBOX, load_annotations
@@ -115,7 +115,7 @@ def _ingest_records(
             yield Task(
                 image_uri=storage.join(img_root, rec.name),
                 name=rec.name,
-                bbox=tuple(rec.bbox),
+                bbox=cast("tuple[int, int, int, int]", tuple(rec.bbox)),
                 bbox_file=BBOX,
                 bbox_line=None,
                 split=rec.split,
