@@ -202,17 +202,21 @@ def mnist_gan_spec(top_channels: int) -> MRGANSpec:
     )
 
 
-def add_mnist_args(parser: Any, pool_help: str, test_help: str) -> None:
+def add_mnist_args(
+    parser: Any, pool_help: str, test_help: str, pool_default: str = "0:5000"
+) -> None:
     """The IDX files and the train-pool / test index ranges every MNIST script takes.
 
     Args:
         parser: an ``argparse.ArgumentParser``.
         pool_help: what the training pool is used for, in this script.
         test_help: what the test range is used for, in this script.
+        pool_default: the pool's default range (scripts with a validation range carve it
+            from the end of 0:5000).
     """
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="IDX3 image file")
     parser.add_argument("--labels", default=str(DEFAULT_LABELS), help="IDX1 label file")
-    parser.add_argument("--pool", default="0:5000", help=pool_help)
+    parser.add_argument("--pool", default=pool_default, help=pool_help)
     parser.add_argument("--test", default="5000:10000", help=test_help)
 
 
