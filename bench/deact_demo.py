@@ -93,6 +93,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="classifier seeds per variant")
     p.add_argument("--set", action="append", default=[], help="more train_classifier overrides")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument(
+        "--from-runs",
+        default="",
+        help="a runs.csv of an earlier (possibly stopped) run: write its summary, no training",
+    )
     p.add_argument("--out", default=str(common.default_out(SCRIPT)), help="results folder")
     args = p.parse_args(argv)
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -134,6 +139,72 @@ def share(rows: Sequence[dict], variant: str, split: str) -> float:
     return float(np.mean(over_noise) / np.mean(gain))
 
 
+def summarise(
+    rows: list[dict], variants: Sequence[str], log: common.RunLog, preset: str = "tiny"
+) -> None:
+    """Print the per-variant table and the paired table (kept in the log for summary.md)."""
+    seeds = len({r["seed"] for r in rows})
+    header = ["variant", "seeds"] + [f"{split} {k}" for split in ("val", "test") for k in METRICS]
+    table = []
+    for variant in variants:
+        rs = [r for r in rows if r["variant"] == variant]
+        cells = [variant, str(len(rs))]
+        for split in ("val", "test"):
+            for k in METRICS:
+                mu, sd = common.mean_std([100 * r[f"{split} {k}"] for r in rs])
+                cells.append(f"{mu:.2f} ± {sd:.2f}")
+        table.append(cells)
+    log.print()
+    log.print(
+        f"Classifier ({preset} preset, overrides per variant), %, mean ± std over {seeds} seed(s):"
+    )
+    log.print(common.format_table(header, table))
+    pair_header = ["variant", "vs"]
+    for split in ("val", "test"):
+        pair_header += [
+            f"{split}: - base",
+            f"{split}: - noise control",
+            f"{split}: generator's share",
+        ]
+    pair_rows = []
+    for variant in variants:
+        _, base, noise = VARIANTS[variant]
+        if base is None or base not in variants:
+            continue
+        cells = [variant, base]
+        for split in ("val", "test"):
+            key = f"{split} {SELECT}"
+            sh = share(rows, variant, split)
+            has_noise = noise is not None and noise in variants
+            cells += [
+                _cell(paired(rows, variant, base, key)),
+                _cell(paired(rows, variant, noise, key)) if has_noise else "n/a",
+                f"{100 * sh:.0f} %" if np.isfinite(sh) else "n/a",
+            ]
+        pair_rows.append(cells)
+    log.print()
+    log.print(
+        f"Paired differences of {SELECT} in points (the variant minus its base / its noise "
+        "control, same seed; mean ± std, seeds where the variant is better):"
+    )
+    log.print(common.format_table(pair_header, pair_rows))
+
+
+def read_runs(path: Path) -> list[dict]:
+    """The rows of a ``runs.csv`` this script wrote (numbers as floats)."""
+    import csv
+
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(line for line in fh if not line.startswith("#"))
+        return [
+            {
+                k: (v if k == "variant" else int(v) if k == "seed" else float(v))
+                for k, v in r.items()
+            }
+            for r in reader
+        ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = common.resolve_device("cpu", args.threads)
@@ -141,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.header()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_runs:
+        rows = read_runs(Path(args.from_runs))
+        present = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+        log.print(f"# summary of {args.from_runs} ({len(rows)} runs; no training)")
+        summarise(rows, present, log, args.preset)
+        log.write_summary(out / "summary.md", "Deact on the demo catalog, with its controls")
+        log.print(f"# wrote {out}/summary.md")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="fa-deact-"))
     from fashion_attr.demo.sources import demo_uri
 
@@ -194,51 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.meta,
             )
 
-    header = ["variant", "seeds"] + [f"{split} {k}" for split in ("val", "test") for k in METRICS]
-    table = []
-    for variant in args.variant_list:
-        rs = [r for r in rows if r["variant"] == variant]
-        cells = [variant, str(len(rs))]
-        for split in ("val", "test"):
-            for k in METRICS:
-                mu, sd = common.mean_std([100 * r[f"{split} {k}"] for r in rs])
-                cells.append(f"{mu:.2f} ± {sd:.2f}")
-        table.append(cells)
-    log.print()
-    log.print(
-        f"Classifier ({args.preset} preset, overrides per variant), %, mean ± std over "
-        f"{args.seeds} seed(s):"
-    )
-    log.print(common.format_table(header, table))
-    pair_header = ["variant", "vs"]
-    for split in ("val", "test"):
-        pair_header += [
-            f"{split}: - base",
-            f"{split}: - noise control",
-            f"{split}: generator's share",
-        ]
-    pair_rows = []
-    for variant in args.variant_list:
-        _, base, noise = VARIANTS[variant]
-        if base is None or base not in args.variant_list:
-            continue
-        cells = [variant, base]
-        for split in ("val", "test"):
-            key = f"{split} {SELECT}"
-            sh = share(rows, variant, split)
-            has_noise = noise is not None and noise in args.variant_list
-            cells += [
-                _cell(paired(rows, variant, base, key)),
-                _cell(paired(rows, variant, noise, key)) if has_noise else "n/a",
-                f"{100 * sh:.0f} %" if np.isfinite(sh) else "n/a",
-            ]
-        pair_rows.append(cells)
-    log.print()
-    log.print(
-        f"Paired differences of {SELECT} in points (the variant minus its base / its noise "
-        "control, same seed; mean ± std, seeds where the variant is better):"
-    )
-    log.print(common.format_table(pair_header, pair_rows))
+    summarise(rows, args.variant_list, log, args.preset)
     log.print(f"# total wall time {log.elapsed():.0f} s")
     log.write_summary(out / "summary.md", "Deact on the demo catalog, with its controls")
     log.print(f"# wrote {out}/summary.md, runs.csv")
