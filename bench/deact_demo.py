@@ -93,6 +93,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="classifier seeds per variant")
     p.add_argument("--set", action="append", default=[], help="more train_classifier overrides")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("--seed", type=int, default=0, help="first classifier seed")
+    p.add_argument(
+        "--data",
+        default="",
+        help="an ingested dataset version to reuse (skips the ingest; with --generator, runs "
+        "split over processes share one catalog and one MR-GAN)",
+    )
+    p.add_argument("--generator", default="", help="a generator.pt to reuse (skips train_gan)")
     p.add_argument(
         "--from-runs",
         default="",
@@ -223,18 +231,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fa-deact-"))
     from fashion_attr.demo.sources import demo_uri
 
-    ingest = preprocess.run(
-        load_config(PreprocessConfig, preset=args.preset, overrides=["workers=2"]),
-        str(work / "datasets"),
-        source=demo_uri(args.images, args.demo_seed),
-        progress=False,
-    )
-    log.print(f"# demo catalog: {args.images} images, version {ingest.version} ({ingest.counts})")
-    generator = None
-    if any("deact.enabled=false" not in VARIANTS[v][0] for v in args.variant_list):
+    if args.data:
+        data_uri = args.data
+        log.print(f"# dataset version {data_uri} (reused)")
+    else:
+        ingest = preprocess.run(
+            load_config(PreprocessConfig, preset=args.preset, overrides=["workers=2"]),
+            str(work / "datasets"),
+            source=demo_uri(args.images, args.demo_seed),
+            progress=False,
+        )
+        data_uri = ingest.uri
+        log.print(
+            f"# demo catalog: {args.images} images, version {ingest.version} ({ingest.counts})"
+        )
+    generator = args.generator or None
+    if generator:
+        log.print(f"# MR-GAN for Deact: {generator} (reused)")
+    elif any("deact.enabled=false" not in VARIANTS[v][0] for v in args.variant_list):
         gan_cfg = load_config(GanConfig, preset=args.preset, overrides=["quality.enabled=false"])
         with common.timer() as t:
-            gan = train_gan.run(gan_cfg, ingest.uri, str(work / "gan"))
+            gan = train_gan.run(gan_cfg, data_uri, str(work / "gan"))
         generator = gan.generator
         log.print(f"# MR-GAN for Deact ({args.preset} preset): {gan.steps} steps ({t['s']:.0f} s)")
     eval_cfgs = {
@@ -245,16 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = ["variant", "seed", "wall_s"] + [
         f"{split} {k}" for split in ("val", "test") for k in METRICS
     ]
-    for seed in range(args.seeds):
+    for seed in range(args.seed, args.seed + args.seeds):
         for variant in args.variant_list:
             overrides = [*VARIANTS[variant][0], f"seed={seed}", *args.set]
             cfg = load_config(ClassifierConfig, preset=args.preset, overrides=overrides)
             run_dir = work / f"clf-{variant}-{seed}"
             row: dict = {"variant": variant, "seed": seed}
             with common.timer() as t:
-                clf = train_classifier.run(cfg, ingest.uri, str(run_dir), generator=generator)
+                clf = train_classifier.run(cfg, data_uri, str(run_dir), generator=generator)
                 for split, ecfg in eval_cfgs.items():
-                    ev = evaluate.run(ecfg, clf.model, ingest.uri, str(run_dir / split))
+                    ev = evaluate.run(ecfg, clf.model, data_uri, str(run_dir / split))
                     for k in METRICS:
                         row[f"{split} {k}"] = ev.metrics.get(k, float("nan"))
             row["wall_s"] = t["s"]

@@ -75,6 +75,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="classifier seeds per share")
     p.add_argument("--set", action="append", default=[], help="more train_classifier overrides")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("--seed", type=int, default=0, help="first classifier seed")
+    p.add_argument(
+        "--data",
+        default="",
+        help="an ingested dataset version to reuse (skips the ingest; with --generator, runs "
+        "split over processes share one catalog and one MR-GAN)",
+    )
+    p.add_argument("--generator", default="", help="a generator.pt to reuse (skips train_gan)")
     p.add_argument("--out", default=str(common.default_out(SCRIPT)), help="results folder")
     args = p.parse_args(argv)
     try:
@@ -96,17 +104,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fa-whole-"))
     from fashion_attr.demo.sources import demo_uri
 
-    ingest = preprocess.run(
-        load_config(PreprocessConfig, preset=args.preset, overrides=["workers=2"]),
-        str(work / "datasets"),
-        source=demo_uri(args.images, args.demo_seed),
-        progress=False,
-    )
-    log.print(f"# demo catalog: {args.images} images, version {ingest.version} ({ingest.counts})")
-    gan_cfg = load_config(GanConfig, preset=args.preset, overrides=["quality.enabled=false"])
-    with common.timer() as t:
-        gan = train_gan.run(gan_cfg, ingest.uri, str(work / "gan"))
-    log.print(f"# MR-GAN for Deact: {gan.steps} steps ({t['s']:.0f} s)")
+    if args.data:
+        data_uri = args.data
+        log.print(f"# dataset version {data_uri} (reused)")
+    else:
+        ingest = preprocess.run(
+            load_config(PreprocessConfig, preset=args.preset, overrides=["workers=2"]),
+            str(work / "datasets"),
+            source=demo_uri(args.images, args.demo_seed),
+            progress=False,
+        )
+        data_uri = ingest.uri
+        log.print(
+            f"# demo catalog: {args.images} images, version {ingest.version} ({ingest.counts})"
+        )
+    if args.generator:
+        generator = args.generator
+        log.print(f"# MR-GAN for Deact: {generator} (reused)")
+    else:
+        gan_cfg = load_config(GanConfig, preset=args.preset, overrides=["quality.enabled=false"])
+        with common.timer() as t:
+            gan = train_gan.run(gan_cfg, data_uri, str(work / "gan"))
+        generator = gan.generator
+        log.print(f"# MR-GAN for Deact: {gan.steps} steps ({t['s']:.0f} s)")
     eval_cfgs = {
         split: load_config(
             EvaluateConfig, preset=args.preset, overrides=["whole_images=100000", f"split={split}"]
@@ -115,16 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
 
     rows: list[dict[str, float]] = []
-    for seed in range(args.seeds):
+    for seed in range(args.seed, args.seed + args.seeds):
         for share in args.share_list:
             overrides = [f"whole_share={share!r}", f"seed={seed}", *args.set]
             cfg = load_config(ClassifierConfig, preset=args.preset, overrides=overrides)
             run_dir = work / f"clf-{share:g}-{seed}"
             row = {"share": share, "seed": seed}
             with common.timer() as t:
-                clf = train_classifier.run(cfg, ingest.uri, str(run_dir), generator=gan.generator)
+                clf = train_classifier.run(cfg, data_uri, str(run_dir), generator=generator)
                 for split, ecfg in eval_cfgs.items():
-                    ev = evaluate.run(ecfg, clf.model, ingest.uri, str(run_dir / split))
+                    ev = evaluate.run(ecfg, clf.model, data_uri, str(run_dir / split))
                     m = ev.metrics
                     for k in METRICS:
                         row[f"{split} crop {k}"] = m.get(k, float("nan"))
