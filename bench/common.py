@@ -202,17 +202,21 @@ def mnist_gan_spec(top_channels: int) -> MRGANSpec:
     )
 
 
-def add_mnist_args(parser: Any, pool_help: str, test_help: str) -> None:
+def add_mnist_args(
+    parser: Any, pool_help: str, test_help: str, pool_default: str = "0:5000"
+) -> None:
     """The IDX files and the train-pool / test index ranges every MNIST script takes.
 
     Args:
         parser: an ``argparse.ArgumentParser``.
         pool_help: what the training pool is used for, in this script.
         test_help: what the test range is used for, in this script.
+        pool_default: the pool's default range (scripts with a validation range carve it
+            from the end of 0:5000).
     """
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="IDX3 image file")
     parser.add_argument("--labels", default=str(DEFAULT_LABELS), help="IDX1 label file")
-    parser.add_argument("--pool", default="0:5000", help=pool_help)
+    parser.add_argument("--pool", default=pool_default, help=pool_help)
     parser.add_argument("--test", default="5000:10000", help=test_help)
 
 
@@ -556,6 +560,7 @@ def train_mrgan(
     dc_weight: float,
     seed: int,
     betas: tuple[float, float] = (0.5, 0.999),
+    dc_reduction: str = "mean",
     log_every: int = 0,
     log: RunLog | None = None,
     tag: str = "",
@@ -577,6 +582,7 @@ def train_mrgan(
         dc_weight: Weight of the DC loss (paper 2e-6; 0 turns it off).
         seed: Seed of the initialisation, the batches and the noise.
         betas: Adam betas (DCGAN's (0.5, 0.999), the project's default).
+        dc_reduction: ``"mean"`` (eq. 7-8) or ``"sum"`` (unnormalised, docs/method.md 4).
         log_every: Record losses and the projection's mean squared cosine every
             this many steps (0: only at the end).
         log: Where to print progress.
@@ -593,7 +599,7 @@ def train_mrgan(
     D.to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
-    objective = MRGANLoss(G, D, spec.z_dim, dc_weight)
+    objective = MRGANLoss(G, D, spec.z_dim, dc_weight, dc_reduction)
     noise = torch.Generator(device=device).manual_seed(seed + 7919)
     idx_all = batch_indices(images.shape[0], steps, batch, seed, device)
     levels = list(spec.levels)

@@ -76,6 +76,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p, pool_help="training images (GAN and LeNet)", test_help="reference images of LeNet-FD"
     )
     p.add_argument("--dc-weights", default="0,2e-6,100", help="DC weights to compare")
+    p.add_argument(
+        "--dc-reduction",
+        choices=("mean", "sum"),
+        default="mean",
+        help="mean: eq. 7-8 as written (/ N_F N_Z^2); sum: the unnormalised sum, under which "
+        "the paper's 2e-6 acts (docs/method.md section 4)",
+    )
     p.add_argument("--scale", type=float, default=1.0, help="shrinks the GAN budget")
     p.add_argument("--gan-samples", type=int, default=1_000_000, help="GAN samples at scale 1")
     p.add_argument("--gan-batch", type=int, default=128, help="GAN batch size")
@@ -258,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     batch=args.gan_batch,
                     lr=args.gan_lr,
                     dc_weight=w,
+                    dc_reduction=args.dc_reduction,
                     seed=seed,
                     log_every=log_every,
                     log=log,

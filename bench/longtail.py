@@ -28,7 +28,12 @@ Methods (``fashion_attr.losses``): CE, focal, weighted focal, OHEM (0.17),
 weighted CE-A, weighted CE-B, ASL, HABP (gamma 1.2), HABP with a weighted
 CE-B base and gamma 0.1 (the paper's class-balanced setting) and HABP + Deact
 (an MR-GAN conditioned on (category, attributes) trained on the training
-grids at ``--gan-size`` px, frozen; ``L = L_HABP + lambda * L_SC``, eq. 11).
+grids at ``--gan-size`` px, frozen; ``L = L_HABP + lambda * L_SC``, eq. 11, with the
+library's default reading of eq. 5, :data:`fashion_attr.losses.DEFAULT_FORM`). Deact's
+controls, on the same seeds and budget: ``habp_noise`` (the same loss on Gaussian-noise
+images, no generator), ``habp_sigma0`` (the unperturbed generator, sigma_p = 0) and
+``habp_deact_raw`` (the paper's literal eq. 5 on raw logits); and the paper's Table 1
+rows ``ce_deact`` ("Deact only": CE + Deact) and ``focal_deact`` ("FL + Deact").
 Classifier: ``build_classifier("tiny", 34, 10, in_channels=1)`` at 56 px,
 SGD momentum 0.9 with the paper's step schedule (lr / 10 after 6/15, 9/15 and
 12/15 of the epochs).
@@ -141,7 +146,21 @@ METHODS = (
     "habp",
     "habp_cb",
     "habp_deact",
+    "habp_noise",
+    "habp_sigma0",
+    "habp_deact_raw",
+    "ce_deact",
+    "focal_deact",
 )
+#: Deact methods: name -> (image source, reading of eq. 5 or None for the default).
+DEACT_VARIANTS: dict[str, tuple[str, str | None]] = {
+    "habp_deact": ("generator", None),
+    "habp_noise": ("noise", None),
+    "habp_sigma0": ("sigma0", None),
+    "habp_deact_raw": ("generator", "raw"),
+    "ce_deact": ("generator", None),
+    "focal_deact": ("generator", None),
+}
 LABELS = {
     "ce": "CE",
     "focal": "Focal",
@@ -153,6 +172,11 @@ LABELS = {
     "habp": "HABP",
     "habp_cb": "HABP (W-CE-B base, gamma 0.1)",
     "habp_deact": "HABP + Deact",
+    "habp_noise": "HABP + noise control",
+    "habp_sigma0": "HABP + Deact, unperturbed G",
+    "habp_deact_raw": "HABP + Deact, literal eq. 5",
+    "ce_deact": "CE + Deact (Deact only)",
+    "focal_deact": "Focal + Deact",
 }
 
 
@@ -288,7 +312,9 @@ def loss_kwargs(method: str, data: Data, args: argparse.Namespace) -> dict[str, 
     dev = data.a_train.device
     pos = torch.as_tensor(data.pos, dtype=torch.float32, device=dev)
     neg = torch.as_tensor(data.neg, dtype=torch.float32, device=dev)
-    if method in ("focal", "habp", "habp_deact"):
+    if method in ("focal", "habp", "focal_deact") or (
+        method.startswith("habp_") and method != "habp_cb"
+    ):
         return {"gamma": args.gamma}
     if method == "weighted_focal":
         return {"gamma": args.gamma, "priors": pos / data.n_train}
@@ -302,8 +328,9 @@ def loss_kwargs(method: str, data: Data, args: argparse.Namespace) -> dict[str, 
 
 
 def loss_fn(method: str) -> Callable[..., torch.Tensor]:
-    base = {"habp_cb": "habp", "habp_deact": "habp"}.get(method, method)
-    return LOSSES[base]
+    if method.startswith("habp_"):
+        return LOSSES["habp"]
+    return LOSSES[{"ce_deact": "ce", "focal_deact": "focal"}.get(method, method)]
 
 
 # ----------------------------------------------------------------------------- training
@@ -343,7 +370,7 @@ def train(
         m = xb.shape[0]
         syn = None
         if deact is not None and (step + 1) % args.deact_every == 0:
-            syn = deact.synthesize(m)
+            syn = deact.synthesize(m, like=xb)  # the noise control matches the real batch
             xb = torch.cat([xb, syn.images])
         attr, cat = model(xb)
         loss = fn(attr[:m], ab, None, cat[:m], cb, **kw)
@@ -395,9 +422,8 @@ def evaluate(model: torch.nn.Module, data: Data) -> tuple[dict[str, float], list
     return metrics, am.per_attribute()
 
 
-def build_deact(data: Data, args: argparse.Namespace, log: common.RunLog) -> DeactLoss:
-    """Train the conditional MR-GAN on the training grids and wrap it for Deact."""
-    dev = data.x_train.device
+def build_generator(data: Data, args: argparse.Namespace, log: common.RunLog) -> Any:
+    """Train the conditional MR-GAN on the training grids (frozen by DeactLoss)."""
     spec = MRGANSpec(
         num_categories=NUM_CLASSES,
         num_attributes=NUM_ATTRS,
@@ -426,33 +452,30 @@ def build_deact(data: Data, args: argparse.Namespace, log: common.RunLog) -> Dea
         log=log,
         tag="deact",
     )
+    return G
+
+
+def build_deact(method: str, generator: Any, data: Data, args: argparse.Namespace) -> DeactLoss:
+    """A fresh Deact loss (new hard-label memory) of one Deact method or control."""
+    source, form = DEACT_VARIANTS[method]
     memory = HardLabelMemory(
         NUM_ATTRS,
         NUM_CLASSES,
         positives_per_image=default_positives_per_image(int(data.pos.sum()), data.n_train),
-        device=dev,
+        device=data.x_train.device,
     )
     return DeactLoss(
-        G,
+        None if source == "noise" else generator,
         memory,
-        sigma_p=args.sigma_p,
+        sigma_p=0.0 if source == "sigma0" else args.sigma_p,
         threshold=-4.6,
         image_size=56,
         mean=(0.5,),
         std=(0.5,),
         in_channels=1,
         seed=args.seed,
-    )
-
-
-def fresh_memory(deact: DeactLoss, data: Data) -> None:
-    """Reset the hard-label memory before each classifier run (same generator)."""
-    old = deact.memory
-    deact.memory = HardLabelMemory(
-        old.num_attributes,
-        old.num_categories,
-        positives_per_image=old.positives_per_image,
-        device=old.device,
+        form=form,  # type: ignore[arg-type]
+        source="noise" if source == "noise" else "generator",
     )
 
 
@@ -564,6 +587,50 @@ SUMMARY_KEYS = (
 )
 
 
+#: The base loss each Deact method is compared with.
+DEACT_BASE = {m: "habp" for m in DEACT_VARIANTS} | {"ce_deact": "ce", "focal_deact": "focal"}
+CONTROL_KEYS = (
+    ("attr_recall@3/all", "top-3"),
+    ("attr_recall@3/tail", "top-3 tail"),
+    ("map/all", "mAP"),
+)
+
+
+def paired(runs: Sequence[dict[str, Any]], a: str, b: str, key: str) -> list[float]:
+    """``a``'s metric minus ``b``'s in points, per seed with both (positive: ``a`` better)."""
+    by = {(r["method"], r["seed"]): r[key] for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    return [100 * (by[(a, s)] - by[(b, s)]) for s in seeds if (a, s) in by and (b, s) in by]
+
+
+def deact_controls_table(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> str:
+    """Every Deact method against its base, and HABP + Deact against its noise control."""
+
+    def cell(d: list[float]) -> str:
+        if not d:
+            return "n/a"
+        mu, sd = common.mean_std(d)
+        return f"{mu:+.2f} ± {sd:.2f}, {sum(x > 0 for x in d)}/{len(d)}"
+
+    pairs = [(m, DEACT_BASE[m]) for m in methods if m in DEACT_BASE and DEACT_BASE[m] in methods]
+    if "habp_deact" in methods and "habp_noise" in methods:
+        pairs.append(("habp_deact", "habp_noise"))
+    rows = [
+        [f"{LABELS[a]} - {LABELS[b]}", *[cell(paired(runs, a, b, k)) for k, _ in CONTROL_KEYS]]
+        for a, b in pairs
+    ]
+    if {"habp", "habp_deact", "habp_noise"} <= set(methods):
+        gain = paired(runs, "habp_deact", "habp", CONTROL_KEYS[0][0])
+        over = paired(runs, "habp_deact", "habp_noise", CONTROL_KEYS[0][0])
+        share = np.mean(over) / np.mean(gain) if gain and np.mean(gain) > 0 else float("nan")
+        rows.append(
+            ["generator's share of the gain"]
+            + [f"{100 * share:.0f} %" if np.isfinite(share) else "n/a (no gain)"]
+            + [""] * (len(CONTROL_KEYS) - 1)
+        )
+    return common.format_table(["pair", *[v for _, v in CONTROL_KEYS]], rows) if rows else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = common.resolve_device(args.device, args.threads)
@@ -600,10 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     plot_examples(data, out / "examples.png")
 
-    deact = None
-    if "habp_deact" in args.method_list:
+    generator = None
+    if any(DEACT_VARIANTS.get(m, ("noise",))[0] != "noise" for m in args.method_list):
         with common.timer() as t:
-            deact = build_deact(data, args, log)
+            generator = build_generator(data, args, log)
         log.progress(f"MR-GAN trained in {t['s']:.0f} s")
 
     runs: list[dict[str, Any]] = []
@@ -615,9 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in args.method_list:
             first = s == args.seed
             curve = [] if first and method in ("focal", "habp") else None
-            d = deact if method == "habp_deact" else None
-            if d is not None:
-                fresh_memory(d, data)
+            d = build_deact(method, generator, data, args) if method in DEACT_VARIANTS else None
             with common.timer() as t:
                 model = train(method, data, args, 100 * s + 1, args.lr, deact=d, curve=curve)
                 metrics, per_attr = evaluate(model, data)
@@ -675,6 +740,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.print()
     log.print("Top-3 recall per group (%):")
     log.print(gtable)
+    controls = deact_controls_table(runs, args.method_list)
+    if controls:
+        log.print()
+        log.print(
+            "Deact beside its controls: paired differences in points (the method minus the "
+            "other on the same seed; mean ± std, seeds where the method is better); "
+            "generator's share = (Deact - noise) / (Deact - HABP) on top-3 recall (all):"
+        )
+        log.print(controls)
 
     # Fig. 6 analogue: learning-rate sensitivity, first seed.
     lr_rows: list[dict[str, Any]] = []

@@ -1,26 +1,41 @@
-r"""Paper's Table 3 on real MNIST: few-shot LeNet-5, with and without Deact, and an AC-GAN.
+r"""Paper's Table 3 on real MNIST: few-shot LeNet-5, + Deact with its controls, and an AC-GAN.
 
 For every training-set size n and seed, on the same n images (drawn from the
-pool, images 0-4999 of the MNIST test file; test error on images 5000-9999):
+pool, images 0-3999 of the MNIST test file), each model is scored on the
+**validation** range (images 4000-4999: every choice, such as the default form of
+eq. 5, is made there) and on the **test** range (images 5000-9999: reported only):
 
-(a) **LeNet**: LeNet-5 (ReLU) trained with softmax cross entropy.
+(a) **LeNet** (``lenet``): LeNet-5 (ReLU) trained with softmax cross entropy.
 (b) **LeNet + Deact** (docs/method.md section 3): an MR-GAN (7 -> 28 px, category
     conditions = the n images' labels, DC weight 2e-6, Adam) is trained on the
     n images and frozen; LeNet is then trained with ``L = CE + lambda * L_SC``
     every step (lambda 0.05, eq. 11), ``L_SC`` the hardness-weighted
     deactivation loss of eq. 5/10 on perturbed synthetic images (sigma_p from
     the paper's table), the hard-label memory updated from every real batch
-    with the category hardness.
-(c) **AC-GAN** (semi-supervised GAN baseline, Odena 2016 / Salimans et al. 2016):
-    a LeNet-5 with C + 1 outputs (the extra one = "fake") is the
+    with the category hardness. One method per reading of eq. 5
+    (:mod:`fashion_attr.losses.deactivation`): ``deact`` (the literal form on raw
+    logits), ``deact_c`` (centred logits), ``deact_ls`` (log-softmax).
+(c) **Controls** of each reading, same subset, seed, budget, memory and eq. 10:
+    ``noise*`` replaces the generator's images by Gaussian noise with the real
+    batch's mean and std (no generator: the library's ``deact.source=noise``);
+    ``sigma0*`` uses the unperturbed generator (sigma_p = 0).
+(d) **AC-GAN** (``acgan``, semi-supervised GAN baseline, Odena 2016 / Salimans et al.
+    2016): a LeNet-5 with C + 1 outputs (the extra one = "fake") is the
     discriminator/classifier, trained jointly with a conditional generator
     (the same MR-GAN generator, top level) on the n labelled images. D:
-    ``CE(D(x), y) + CE(D(G(z, c)), fake)``; G: ``CE(D(G(z, c)), c)`` (its
-    samples should be recognised as their class, hence as real). The test
+    ``CE(D(x), y) + CE(D(G(z, c)), fake)``; G: ``CE(D(G(z, c)), c)``. The test
     error is that of the C class logits.
 
+The tables pair every method with LeNet on the same subset and seed, give each
+Deact reading beside its controls and **the generator's share of the gain**,
+``(noise error - Deact error) / (LeNet error - Deact error)`` (1: the generator earns
+all of Deact's gain; 0 or below: noise does as well), and apply the selection rule
+of docs/method.md section 3.5 on the validation range: a reading *qualifies* at n
+when its paired validation gain over LeNet and over its noise control are both
+positive on average and on more than half of the seeds.
+
 Budgets (``--scale 1`` = paper): 500k classifier samples at batch 64, SGD lr
-0.01 momentum 0.9 (all three classifiers); 1M GAN samples at batch 128.
+0.01 momentum 0.9 (all classifiers); 1M GAN samples at batch 128.
 Subsets are class-balanced by default (n // 10 per digit, the remainder
 spread over random digits); ``--subset random`` draws plain random images as
 the paper's "n random training images" (n = 25 may then miss a digit).
@@ -28,11 +43,13 @@ the paper's "n random training images" (n = 25 may then miss a digit).
 GAN: Adam lr 1e-4 (docs/method.md section 4, as ``presets/mnist.yaml``), betas
 (0.5, 0.999) as ``train_gan``. Departures (also in the report): the category
 hardness of the memory uses ``--hardness-gamma`` 1.2 (the paper does not state
-gamma for MNIST); one synthetic image per real image.
+gamma for MNIST); one synthetic image per real image; the pool is images 0-3999
+(the paper draws from 60,000 training images).
 
 Runs can be split over processes or machines (``--seed``/``--seeds``, ``--ns``,
-each with its own ``--out``) and combined afterwards with ``--merge DIR,DIR``,
-which rebuilds the table from the parts' ``runs.csv`` without training.
+``--methods``, each with its own ``--out``) and combined afterwards with
+``--merge DIR,DIR``, which rebuilds the tables from the parts' ``runs.csv`` without
+training.
 
 Examples:
     Quick CPU run (about 10-15 min on 2 cores)::
@@ -40,19 +57,17 @@ Examples:
         python bench/mnist_deact.py --scale 0.02 --seeds 2 --ns 25,100,1000 \
             --gan-top-channels 16 --threads 1
 
-    README's CPU table (8 % / 4 % budgets, 5 n x 5 seeds), split and merged::
+    Every reading with its controls (docs/results.md's CPU table), split and merged::
 
         python bench/mnist_deact.py --clf-scale 0.08 --gan-scale 0.04 --seed 0 \
-            --seeds 3 --gan-top-channels 16 --threads 1 --out a &
-        python bench/mnist_deact.py --clf-scale 0.08 --gan-scale 0.04 --seed 3 \
-            --seeds 2 --gan-top-channels 16 --threads 1 --out b; wait
+            --seeds 2 --gan-top-channels 16 --threads 1 --methods controls --out a &
+        python bench/mnist_deact.py --clf-scale 0.08 --gan-scale 0.04 --seed 2 \
+            --seeds 1 --gan-top-channels 16 --threads 1 --methods controls --out b; wait
         python bench/mnist_deact.py --merge a,b --out merged
-
-    Deact with the centred eq. 5 as well (``--methods lenet,deact,acgan,deact_c``).
 
     Paper budget on a GPU::
 
-        python bench/mnist_deact.py --device cuda
+        python bench/mnist_deact.py --device cuda --methods controls
 """
 
 from __future__ import annotations
@@ -89,20 +104,58 @@ PAPER: dict[int, tuple[float, float, float, float]] = {
 }
 DEFAULT_SIGMA_P = 2.4
 
-#: ``deact_c``: Deact with the centred (shift-invariant) eq. 5, the project's default.
-METHODS = ("lenet", "deact", "acgan", "deact_c")
-DEFAULT_METHODS = ("lenet", "deact", "acgan")
+#: Deact methods: name -> (image source, reading of eq. 5, label). ``deact`` and ``deact_c``
+#: keep the names of earlier runs.csv files (the literal and the centred form).
+DEACT_METHODS: dict[str, tuple[str, str, str]] = {
+    "deact": ("generator", "raw", "Deact, literal eq. 5 (raw logits)"),
+    "deact_c": ("generator", "centered", "Deact, centred eq. 5"),
+    "deact_ls": ("generator", "log_softmax", "Deact, eq. 5 on log-softmax"),
+    "noise": ("noise", "raw", "noise control, literal eq. 5"),
+    "noise_c": ("noise", "centered", "noise control, centred eq. 5"),
+    "noise_ls": ("noise", "log_softmax", "noise control, log-softmax eq. 5"),
+    "sigma0": ("sigma0", "raw", "unperturbed G (sigma_p 0), literal eq. 5"),
+    "sigma0_c": ("sigma0", "centered", "unperturbed G (sigma_p 0), centred eq. 5"),
+    "sigma0_ls": ("sigma0", "log_softmax", "unperturbed G (sigma_p 0), log-softmax eq. 5"),
+}
+#: The Deact method of each reading, and its controls.
+FORMS: dict[str, dict[str, str]] = {
+    "raw": {"deact": "deact", "noise": "noise", "sigma0": "sigma0"},
+    "centered": {"deact": "deact_c", "noise": "noise_c", "sigma0": "sigma0_c"},
+    "log_softmax": {"deact": "deact_ls", "noise": "noise_ls", "sigma0": "sigma0_ls"},
+}
+METHODS = ("lenet", *DEACT_METHODS, "acgan")
+#: ``--methods controls``: LeNet, every reading of Deact, its noise control, the
+#: unperturbed generator for the two shift-invariant readings (the candidates).
+CONTROLS = (
+    "lenet",
+    "deact",
+    "deact_c",
+    "deact_ls",
+    "noise",
+    "noise_c",
+    "noise_ls",
+    "sigma0_c",
+    "sigma0_ls",
+)
+DEFAULT_METHODS = CONTROLS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Paper's Table 3: few-shot MNIST LeNet-5 vs + Deact vs AC-GAN.",
+        description="Paper's Table 3: few-shot MNIST LeNet-5 vs + Deact, its controls (noise "
+        "images, unperturbed generator, literal form) and AC-GAN; choices on a validation range.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     common.add_mnist_args(
         p,
         pool_help="index range training subsets come from",
-        test_help="index range of the test images",
+        test_help="index range of the test images (reported, never used to choose)",
+        pool_default="0:4000",
+    )
+    p.add_argument(
+        "--val",
+        default="4000:5000",
+        help="index range of the validation images (every choice is made on them)",
     )
     p.add_argument("--ns", default="25,50,100,500,1000", help="training-set sizes n")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (subsets) per n")
@@ -145,11 +198,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hardness-gamma", type=float, default=1.2, help="gamma of the hardness")
     p.add_argument("--syn-batch", type=int, default=64, help="synthetic images per step")
     p.add_argument(
-        "--methods", default=",".join(DEFAULT_METHODS), help=f"subset of {','.join(METHODS)}"
+        "--methods",
+        default="controls",
+        help="comma list of methods, or 'controls' (= "
+        + ",".join(CONTROLS)
+        + "). lenet: LeNet-5 alone. Deact, one per reading of eq. 5: deact (literal, raw "
+        "logits), deact_c (centred), deact_ls (log-softmax). Their controls: noise, noise_c, "
+        "noise_ls (the same loss on Gaussian-noise images, no generator) and sigma0, "
+        "sigma0_c, sigma0_ls (the unperturbed generator, sigma_p = 0). acgan: the AC-GAN "
+        f"baseline. Allowed: {','.join(METHODS)}",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--out", default=str(common.default_out(SCRIPT)), help="results folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --out/runs.csv and train only the missing ones",
+    )
     p.add_argument(
         "--merge",
         default="",
@@ -158,7 +224,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.ns_list = common.parse_int_list(args.ns, "--ns")
-    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    names: list[str] = []
+    for m in (m.strip() for m in args.methods.split(",")):
+        for name in CONTROLS if m == "controls" else (m,) if m else ():
+            if name not in names:
+                names.append(name)
+    args.method_list = names
     bad = sorted(set(args.method_list) - set(METHODS))
     if bad:
         p.error(f"--methods: unknown {bad}; allowed {list(METHODS)}")
@@ -221,7 +292,8 @@ def train_lenet(
         else:
             # Conditions come from the memory as left by the previous real batches (step 4);
             # the memory is then updated with this batch's hardness (step 3).
-            syn = deact.synthesize(args.syn_batch)
+            # The noise control matches its images to this real batch (deact.source=noise).
+            syn = deact.synthesize(args.syn_batch, like=xb)
             # LeNet has no batch norm: one forward over real ++ synthetic is exact and faster.
             _, cat_all = model(torch.cat([xb, syn.images]))
             cat, cat_syn = cat_all[: xb.shape[0]], cat_all[xb.shape[0] :]
@@ -285,6 +357,7 @@ def row(
     sigma: float,
     wall: float,
     max_logit: float = float("nan"),
+    val_err: float = float("nan"),
 ) -> dict:
     return {
         "n": n,
@@ -294,6 +367,7 @@ def row(
         "sigma_p": sigma,
         "wall_s": wall,
         "real_max_logit": max_logit,
+        "val_error": val_err,
     }
 
 
@@ -301,19 +375,56 @@ def fmt(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}" if np.isfinite(mean) else "n/a"
 
 
-def paired_differences(cell: list[dict[str, float]], method: str = "deact") -> list[float]:
-    """LeNet error minus ``method``'s error per seed that has both (positive: method better)."""
+def paired_differences(
+    cell: list[dict[str, float]],
+    method: str = "deact",
+    base: str = "lenet",
+    key: str = "error",
+) -> list[float]:
+    """``base``'s error minus ``method``'s per seed that has both (positive: method better).
+
+    Args:
+        cell: the runs of one n.
+        method: the method compared.
+        base: the method it is compared with (LeNet, or a control).
+        key: ``error`` (test range) or ``val_error`` (validation range).
+
+    Returns:
+        One difference per seed, in seed order (seeds without a finite value skipped).
+    """
     by_seed: dict[int, dict[str, float]] = {}
     for r in cell:
-        by_seed.setdefault(int(r["seed"]), {})[str(r["method"])] = float(r["error"])
+        by_seed.setdefault(int(r["seed"]), {})[str(r["method"])] = float(r.get(key, np.nan))
     return [
-        e["lenet"] - e[method] for _, e in sorted(by_seed.items()) if {"lenet", method} <= e.keys()
+        e[base] - e[method]
+        for _, e in sorted(by_seed.items())
+        if {base, method} <= e.keys() and np.isfinite(e[base] - e[method])
     ]
 
 
-RUN_HEADER = ["n", "seed", "method", "error", "sigma_p", "wall_s", "real_max_logit"]
-#: runs.csv of earlier versions lack the last column; --merge still reads them.
-RUN_HEADER_V1 = RUN_HEADER[:-1]
+def beats(diffs: list[float]) -> bool:
+    """The selection rule's "beats": positive on average and on more than half the seeds."""
+    return bool(diffs) and float(np.mean(diffs)) > 0 and sum(d > 0 for d in diffs) > len(diffs) / 2
+
+
+def generator_share(cell: list[dict[str, float]], form: str, key: str = "error") -> float:
+    """Share of Deact's gain over LeNet that its noise control does not recover.
+
+    ``mean(noise - deact) / mean(lenet - deact)`` over the seeds with all three; NaN
+    when a method is missing or Deact gained nothing.
+    """
+    m = FORMS[form]
+    over_noise = paired_differences(cell, m["deact"], m["noise"], key)
+    over_lenet = paired_differences(cell, m["deact"], "lenet", key)
+    if not over_noise or not over_lenet or np.mean(over_lenet) <= 0:
+        return float("nan")
+    return float(np.mean(over_noise) / np.mean(over_lenet))
+
+
+RUN_HEADER = ["n", "seed", "method", "error", "sigma_p", "wall_s", "real_max_logit", "val_error"]
+#: runs.csv of earlier versions lack the last columns; --merge still reads them.
+RUN_HEADER_V1 = RUN_HEADER[:-2]
+RUN_HEADER_V2 = RUN_HEADER[:-1]
 
 
 def read_runs(folder: Path) -> tuple[list[dict[str, float]], dict[str, str]]:
@@ -337,7 +448,7 @@ def read_runs(folder: Path) -> tuple[list[dict[str, float]], dict[str, str]]:
             fields = next(csv.reader([line]))
             if header is None:
                 header = fields
-                if header not in (RUN_HEADER, RUN_HEADER_V1):
+                if header not in (RUN_HEADER, RUN_HEADER_V1, RUN_HEADER_V2):
                     raise SystemExit(f"{path}:{lineno}: header {header}, expected {RUN_HEADER}")
                 continue
             try:
@@ -351,6 +462,7 @@ def read_runs(folder: Path) -> tuple[list[dict[str, float]], dict[str, str]]:
                         "sigma_p": float(rec["sigma_p"]),
                         "wall_s": float(rec["wall_s"]),
                         "real_max_logit": float(rec.get("real_max_logit") or "nan"),
+                        "val_error": float(rec.get("val_error") or "nan"),
                     }
                 )
             except (ValueError, KeyError) as exc:
@@ -389,9 +501,9 @@ def write_merged(args: argparse.Namespace, log: common.RunLog) -> int:
     common.write_csv(
         out / "runs.csv", RUN_HEADER, [[r[k] for k in RUN_HEADER] for r in runs], log.meta
     )
-    header, md_rows, csv_table = summarise(runs, ns, methods)
+    _, _, csv_table = summarise(runs, ns, methods)
     common.write_csv(out / "table3.csv", csv_table[0], csv_table[1:], log.meta)
-    table = common.format_table(header, md_rows)
+    table = report(runs, ns, methods)
     parts = "".join(
         f"- part `{f}`: `{m.get('command', '?')}` on `{m.get('device', '?')}`, "
         f"{m.get('cpu_count', '?')} CPUs, torch threads {m.get('torch_threads', '?')}\n"
@@ -405,10 +517,8 @@ def write_merged(args: argparse.Namespace, log: common.RunLog) -> int:
         + parts
         + f"- training wall time summed over runs: {wall:.0f} s\n\n"
         + table
-        + "\n"
-        + max_logit_table(runs, ns, methods)
     )
-    log.print("Test error % on MNIST (mean ± std over seeds), merged from " + args.merge)
+    log.print("MNIST, merged from " + args.merge)
     log.print(table)
     log.print(f"# wrote {out / 'runs.csv'}, {out / 'table3.csv'}, {out / 'table3.md'}")
     return 0
@@ -450,46 +560,36 @@ def _reduction(stats: dict[str, tuple[float, float]], method: str) -> float:
     return float("nan")
 
 
-def _add_paired(md: list[str], cr: list[object], cell: list[dict[str, float]], method: str) -> None:
-    """Append the paired difference LeNet - ``method`` (mean ± std) and the win count."""
-    diffs = paired_differences(cell, method)
-    d_mean, d_std = common.mean_std(diffs)
-    better = sum(d > 0 for d in diffs)
-    md += [fmt(d_mean, d_std), f"{better}/{len(diffs)}" if diffs else "n/a"]
-    cr += [f"{d_mean:.4f}", f"{d_std:.4f}", better, len(diffs)]
+def _paired_cell(diffs: list[float]) -> str:
+    """``mean ± std, wins/seeds`` of paired differences (positive: the method is better)."""
+    if not diffs:
+        return "n/a"
+    mu, sd = common.mean_std(diffs)
+    return f"{fmt(mu, sd)}, {sum(d > 0 for d in diffs)}/{len(diffs)}"
+
+
+PAPER_COL = {"lenet": 0, "deact": 1, "acgan": 3}
 
 
 def summarise(
     runs: list[dict[str, float]], ns: list[int], methods: list[str]
 ) -> tuple[list[str], list[list[str]], list[list[object]]]:
-    """Per-n mean ± std, the paper's numbers, relative error reductions."""
+    """Per n: each method's test error (mean ± std), the paper's, paired gains over LeNet.
+
+    Returns:
+        ``(markdown header, markdown rows, [csv header, *csv rows])``.
+    """
+    others = [m for m in methods if m != "lenet"]
     header = ["n", "seeds"]
     for m in methods:
-        header += [f"{m} (ours)", f"{m} (paper)"]
-    header += ["rel. red. Deact vs LeNet (ours)", "(paper)", "paired LeNet - Deact", "Deact better"]
-    centred = "deact_c" in methods
-    if centred:
-        header += ["rel. red. Deact centred vs LeNet", "paired LeNet - Deact centred", "better"]
+        header.append(f"{m} (paper)" if m in PAPER_COL else m)
+    header += [f"LeNet - {m}, wins" for m in others]
     csv_header = ["n", "seeds"]
     for m in methods:
-        csv_header += [f"{m}_mean", f"{m}_std", f"{m}_paper"]
-    csv_header += [
-        "rel_reduction",
-        "rel_reduction_paper",
-        "sigma_p",
-        "paired_diff_mean",
-        "paired_diff_std",
-        "deact_better",
-        "paired_seeds",
-    ]
-    if centred:
-        csv_header += [
-            "rel_reduction_c",
-            "paired_c_diff_mean",
-            "paired_c_diff_std",
-            "deact_c_better",
-            "paired_c_seeds",
-        ]
+        csv_header += [f"{m}_mean", f"{m}_std", f"{m}_val_mean", f"{m}_val_std", f"{m}_paper"]
+    for m in others:
+        csv_header += [f"paired_{m}_mean", f"paired_{m}_std", f"{m}_better", f"paired_{m}_seeds"]
+    csv_header += ["rel_reduction", "rel_reduction_paper", "sigma_p"]
     md_rows: list[list[str]] = []
     csv_rows: list[list[object]] = []
     for n in ns:
@@ -497,33 +597,163 @@ def summarise(
         if not cell:
             continue
         paper = PAPER.get(n)
-        paper_col = {"lenet": 0, "deact": 1, "acgan": 3}
+        seeds = len({r["seed"] for r in cell})
+        md: list[str] = [str(n), str(seeds)]
+        cr: list[object] = [n, seeds]
         stats = {}
         for m in methods:
             stats[m] = common.mean_std([r["error"] for r in cell if r["method"] == m])
-        seeds = len({r["seed"] for r in cell})
-        md = [str(n), str(seeds)]
-        cr: list[object] = [n, seeds]
-        for m in methods:
-            pv = paper[paper_col[m]] if paper and m in paper_col else float("nan")
-            md += [fmt(*stats[m]), f"{pv:.2f}" if np.isfinite(pv) else "n/a"]
-            cr += [f"{stats[m][0]:.4f}", f"{stats[m][1]:.4f}", pv]
+            val = common.mean_std([r.get("val_error", np.nan) for r in cell if r["method"] == m])
+            pv = paper[PAPER_COL[m]] if paper and m in PAPER_COL else float("nan")
+            md.append(fmt(*stats[m]) + (f" ({pv:.2f})" if np.isfinite(pv) else ""))
+            cr += [f"{stats[m][0]:.4f}", f"{stats[m][1]:.4f}", f"{val[0]:.4f}", f"{val[1]:.4f}", pv]
+        for m in others:
+            # Same subset, same seed: the paired difference removes the subset's own variance,
+            # which dominates the per-method spread at small n.
+            diffs = paired_differences(cell, m)
+            md.append(_paired_cell(diffs))
+            mu, sd = common.mean_std(diffs)
+            cr += [f"{mu:.4f}", f"{sd:.4f}", sum(d > 0 for d in diffs), len(diffs)]
         red = _reduction(stats, "deact")
         red_p = (paper[0] - paper[1]) / paper[0] if paper else float("nan")
-        md += [f"{100 * red:+.1f} %" if np.isfinite(red) else "n/a", f"{100 * red_p:+.1f} %"]
         sig = [r["sigma_p"] for r in cell if r["method"] == "deact"]
         cr += [f"{red:.4f}", f"{red_p:.4f}", sig[0] if sig else ""]
-        # Same subset, same seed: the paired difference removes the subset's own variance,
-        # which dominates the per-method spread at small n.
-        _add_paired(md, cr, cell, "deact")
-        if centred:
-            red_c = _reduction(stats, "deact_c")
-            md.append(f"{100 * red_c:+.1f} %" if np.isfinite(red_c) else "n/a")
-            cr.append(f"{red_c:.4f}")
-            _add_paired(md, cr, cell, "deact_c")
         md_rows.append(md)
         csv_rows.append(cr)
     return header, md_rows, [csv_header, *csv_rows]
+
+
+def controls_table(runs: list[dict[str, float]], ns: list[int], key: str = "error") -> str:
+    """Each reading of eq. 5 beside its controls, paired per seed, on one index range.
+
+    Args:
+        runs: every run.
+        ns: the training-set sizes.
+        key: ``error`` (test range) or ``val_error`` (validation range).
+
+    Returns:
+        A markdown table (empty when no reading has its noise control).
+    """
+    header = [
+        "n",
+        "reading of eq. 5",
+        "LeNet - Deact",
+        "LeNet - noise control",
+        "LeNet - unperturbed G",
+        "noise - Deact",
+        "generator's share",
+    ]
+    rows = []
+    for n in ns:
+        cell = [r for r in runs if r["n"] == n]
+        present = {str(r["method"]) for r in cell}
+        for form, m in FORMS.items():
+            if m["deact"] not in present:
+                continue
+            share = generator_share(cell, form, key)
+            rows.append(
+                [
+                    str(n),
+                    form,
+                    _paired_cell(paired_differences(cell, m["deact"], "lenet", key)),
+                    _paired_cell(paired_differences(cell, m["noise"], "lenet", key)),
+                    _paired_cell(paired_differences(cell, m["sigma0"], "lenet", key)),
+                    _paired_cell(paired_differences(cell, m["deact"], m["noise"], key)),
+                    f"{100 * share:.0f} %" if np.isfinite(share) else "n/a",
+                ]
+            )
+    return common.format_table(header, rows) if rows else ""
+
+
+def select_form(runs: list[dict[str, float]], ns: list[int]) -> tuple[str | None, list[str]]:
+    """The rule of docs/method.md section 3.5, on the validation range only.
+
+    A reading qualifies at n when it :func:`beats` LeNet and its noise control there
+    (paired validation errors). The default is the reading that qualifies at the most
+    n (ties: the larger mean validation gain over its noise control); when none
+    qualifies anywhere, there is no default by this rule and the reading that beats
+    LeNet at the most n is named as the best available.
+
+    Returns:
+        ``(chosen reading or None, report lines)``.
+    """
+    lines = []
+    score: dict[str, tuple[int, int, float, float]] = {}
+    for form, m in FORMS.items():
+        wins_both = wins_lenet = 0
+        gains_noise, gains_lenet = [], []
+        seen = False
+        for n in ns:
+            cell = [r for r in runs if r["n"] == n]
+            d_l = paired_differences(cell, m["deact"], "lenet", "val_error")
+            d_n = paired_differences(cell, m["deact"], m["noise"], "val_error")
+            if not d_l or not d_n:
+                continue
+            seen = True
+            wins_lenet += beats(d_l)
+            wins_both += beats(d_l) and beats(d_n)
+            gains_noise.append(float(np.mean(d_n)))
+            gains_lenet.append(float(np.mean(d_l)))
+        if not seen:
+            continue
+        score[form] = (
+            wins_both,
+            wins_lenet,
+            float(np.mean(gains_noise)),
+            float(np.mean(gains_lenet)),
+        )
+        lines.append(
+            f"- {form}: beats LeNet and its noise control at {wins_both} n, LeNet at "
+            f"{wins_lenet} n; mean validation gain over noise {np.mean(gains_noise):+.2f}, "
+            f"over LeNet {np.mean(gains_lenet):+.2f} points"
+        )
+    if not score:
+        return None, ["(no reading ran with its noise control and validation errors)"]
+    best = max(score, key=lambda f: (score[f][0], score[f][2]))
+    if score[best][0] > 0:
+        lines.append(f"Chosen on validation: **{best}** (the rule: beats LeNet AND noise).")
+        return best, lines
+    fallback = max(score, key=lambda f: (score[f][1], score[f][3]))
+    lines.append(
+        "No reading beats its noise control on validation at any n: the rule picks nothing. "
+        f"Best against LeNet alone: {fallback}."
+    )
+    return None, lines
+
+
+def report(runs: list[dict[str, float]], ns: list[int], methods: list[str]) -> str:
+    """Every table of a run or a merge, as markdown."""
+    header, md_rows, _ = summarise(runs, ns, methods)
+    out = [
+        "Test error % on the test range (mean ± std over seeds; the paper's in brackets), "
+        "and each method's paired gain over LeNet (LeNet's error minus the method's on the "
+        "same subset and seed: mean ± std, seeds where the method is better):",
+        "",
+        common.format_table(header, md_rows),
+        "",
+    ]
+    test_controls = controls_table(runs, ns, "error")
+    if test_controls:
+        _, lines = select_form(runs, ns)
+        out += [
+            "Each reading of eq. 5 beside its controls, test range, paired points of error "
+            "(positive: the second is better); generator's share = (noise - Deact) / "
+            "(LeNet - Deact):",
+            "",
+            test_controls,
+            "",
+            "The same on the validation range (where the default is chosen):",
+            "",
+            controls_table(runs, ns, "val_error"),
+            "",
+            "Selection (docs/method.md section 3.5; 'beats' = positive mean paired "
+            "difference, positive on more than half of the seeds):",
+            "",
+            *lines,
+            "",
+        ]
+    out.append(max_logit_table(runs, ns, methods))
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -534,7 +764,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.merge:
         return write_merged(args, log)
     x_all, y_all, pool, test = common.load_mnist_protocol(args, device)
+    val = common.parse_range(args.val, "--val", x_all.shape[0])
+    # Protocol: subsets from the pool, choices on the validation range, the test range
+    # only reported; the three never overlap.
+    common.check_disjoint(pool, val)
+    common.check_disjoint(val, test)
     x_test, y_test = x_all[test[0] : test[1]], y_all[test[0] : test[1]]
+    x_val, y_val = x_all[val[0] : val[1]], y_all[val[0] : val[1]]
     labels_np = y_all.cpu().numpy()
     clf_scale = args.scale if args.clf_scale is None else args.clf_scale
     gan_scale = args.scale if args.gan_scale is None else args.gan_scale
@@ -544,34 +780,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.print(
         f"# budgets: classifier {clf_steps} steps x {args.batch} = {clf_steps * args.batch} "
         f"samples; GAN {gan_steps} steps x {args.gan_batch} = {gan_steps * args.gan_batch} "
-        f"samples; subsets {args.subset}; GAN channels {spec.channels}; pool {pool}, test {test}"
+        f"samples; subsets {args.subset}; GAN channels {spec.channels}; pool {pool}, "
+        f"validation {val}, test {test}; methods {','.join(args.method_list)}"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, float]] = []
-    run_header = RUN_HEADER
+    if args.resume and (out / "runs.csv").is_file():
+        runs, _ = read_runs(out)
+        log.print(f"# resumed: {len(runs)} runs already in {out / 'runs.csv'}")
+    done = {(int(r["n"]), int(r["seed"]), str(r["method"])) for r in runs}
+
+    def record(n: int, s: int, method: str, model: torch.nn.Module, sigma: float, t: float) -> None:
+        err, max_logit = test_error(model, x_test, y_test)
+        val_err, _ = test_error(model, x_val, y_val)
+        runs.append(row(n, s, method, err, sigma, t, max_logit, val_err))
+        log.progress(
+            f"n={n} seed={s} {method} (sigma_p {sigma}) val error {val_err:.2f} %, test error "
+            f"{err:.2f} % (mean max logit on test images {max_logit:.2f}; {t:.1f} s)"
+        )
+        common.write_csv(
+            out / "runs.csv", RUN_HEADER, [[r[k] for k in RUN_HEADER] for r in runs], log.meta
+        )
+
     for n in args.ns_list:
         for s in range(args.seed, args.seed + args.seeds):
+            todo = [m for m in args.method_list if (n, s, m) not in done]
+            if not todo:
+                continue
             idx = common.draw_subset(labels_np, pool, n, s, balanced=args.subset == "balanced")
             assert idx.min() >= pool[0] and idx.max() < pool[1]  # protocol: pool only
             idx_t = torch.as_tensor(idx, device=device)
             x, y = x_all[idx_t], y_all[idx_t]
             seed = 1000 * s + n
             sigma = sigma_for(args, n)
-            if "lenet" in args.method_list:
+            if "lenet" in todo:
                 with common.timer() as t:
                     model = train_lenet(x, y, args, clf_steps, seed)
-                    err, max_logit = test_error(model, x_test, y_test)
-                runs.append(row(n, s, "lenet", err, 0.0, t["s"], max_logit))
-                log.progress(
-                    f"n={n} seed={s} lenet error {err:.2f} % (mean max logit on test images "
-                    f"{max_logit:.2f}; {t['s']:.1f} s)"
-                )
-            variants = [m for m in ("deact", "deact_c") if m in args.method_list]
+                record(n, s, "lenet", model, 0.0, t["s"])
             G = None
-            for method in variants:
+            for method in [m for m in todo if m in DEACT_METHODS]:
+                source, form, _ = DEACT_METHODS[method]
                 with common.timer() as t:
-                    if G is None:  # one generator per cell, shared by both Deact variants
+                    if G is None and source != "noise":  # one generator per cell, shared
                         G, _ = common.train_mrgan(
                             x,
                             make_condition(y, None, NUM_CLASSES),
@@ -584,54 +835,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                             log=log,
                             tag=f"n={n} seed={s}",
                         )
+                    sig = 0.0 if source == "sigma0" else sigma
                     deact = DeactLoss(
-                        G,
+                        None if source == "noise" else G,
                         HardLabelMemory(0, NUM_CLASSES, device=device),
-                        sigma_p=sigma,
+                        sigma_p=sig,
                         threshold=-4.6,
                         image_size=28,
                         mean=(0.5,),
                         std=(0.5,),
                         in_channels=1,
                         seed=seed,
-                        centered=method == "deact_c",
+                        form=form,  # type: ignore[arg-type]
+                        source="noise" if source == "noise" else "generator",
                     )
                     model = train_lenet(x, y, args, clf_steps, seed, deact=deact)
-                    err, max_logit = test_error(model, x_test, y_test)
-                runs.append(row(n, s, method, err, sigma, t["s"], max_logit))
-                log.progress(
-                    f"n={n} seed={s} {method} (sigma_p {sigma}) error {err:.2f} % "
-                    f"(mean max logit on test images {max_logit:.2f}; {t['s']:.1f} s)"
-                )
-            if "acgan" in args.method_list:
+                record(n, s, method, model, sig, t["s"])
+            if "acgan" in todo:
                 with common.timer() as t:
                     D = train_acgan(x, y, args, spec, clf_steps, seed)
-                    err, max_logit = test_error(D, x_test, y_test)
-                runs.append(row(n, s, "acgan", err, 0.0, t["s"], max_logit))
-                log.progress(f"n={n} seed={s} acgan error {err:.2f} % ({t['s']:.1f} s)")
-            common.write_csv(
-                out / "runs.csv",
-                run_header,
-                [[r[k] for k in run_header] for r in runs],
-                log.meta,
-            )
-    header, md_rows, csv_table = summarise(runs, args.ns_list, args.method_list)
+                record(n, s, "acgan", D, 0.0, t["s"])
+    ns = [n for n in args.ns_list if any(r["n"] == n for r in runs)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    _, _, csv_table = summarise(runs, ns, methods)
     common.write_csv(out / "table3.csv", csv_table[0], csv_table[1:], log.meta)
-    table = common.format_table(header, md_rows)
+    table = report(runs, ns, methods)
     log.print()
-    log.print("Test error % on MNIST images 5000-9999 (mean ± std over seeds):")
     log.print(table)
     log.print(f"# total wall time {log.elapsed():.0f} s")
     (out / "table3.md").write_text(
-        "# MNIST few-shot (paper's Table 3)\n\n"
+        "# MNIST few-shot (paper's Table 3) with the Deact controls\n\n"
         + log.meta_markdown()
         + f"\n- budgets: classifier {clf_steps * args.batch} samples, GAN "
         + f"{gan_steps * args.gan_batch} samples (scales {clf_scale} / {gan_scale}), subsets "
-        + f"{args.subset}, GAN channels {spec.channels}\n"
+        + f"{args.subset}, GAN channels {spec.channels}; pool {pool}, validation {val}, "
+        + f"test {test}\n"
         + f"- total wall time: {log.elapsed():.0f} s\n\n"
         + table
-        + "\n"
-        + max_logit_table(runs, args.ns_list, args.method_list)
     )
     log.print(f"# wrote {out / 'runs.csv'}, {out / 'table3.csv'}, {out / 'table3.md'}")
     return 0

@@ -2,8 +2,11 @@
 
 The FD arithmetic is checked against torchmetrics' FrechetInceptionDistance (fed the
 same features through a custom feature module); the feature spaces are named for what
-they are (``fid`` only with Inception-v3 weights from a local file, ``fd_classifier``
-otherwise); ``train_gan`` reports both its generators' figures.
+they are (``fid`` only with the TF FID Inception from a local file, ``fd_inception_tv``
+for torchvision's, ``fd_classifier`` otherwise) and both Inceptions get the input range
+their weights expect at the first convolution; ``train_gan`` reports both its
+generators' figures beside a real-vs-real floor over several draws, ranks a weaker
+generator worse, and runs the paper's protocol when asked.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from fashion_attr.evaluation.gan_quality import (
     frechet_distance,
     inception_space,
     sample_features,
+    tf_fid_inception_space,
+    torchvision_inception_space,
 )
 from fashion_attr.losses.decorrelation import mean_squared_cosine, msc_floor
 from small_runs import GAN_QUICK, run_gan
@@ -87,22 +92,75 @@ def test_classifier_space_is_deterministic_and_is_never_called_fid() -> None:
     assert sample_features(grey, torch.zeros(3, 1, 28, 28)).shape == (3, 84)
 
 
-def test_inception_space_reads_a_local_file_only_and_says_what_is_wrong(tmp_path: Path) -> None:
+def _first_conv_input(space, images: torch.Tensor) -> torch.Tensor:
+    seen = []
+    conv = space.network.Conv2d_1a_3x3.conv
+    handle = conv.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    try:
+        sample_features(space, images)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+#: A black and a white image in the generator's [-1, 1] range, grey (1 channel).
+EXTREMES = torch.stack([torch.full((1, 16, 16), -1.0), torch.full((1, 16, 16), 1.0)])
+
+
+def test_torchvision_inception_reads_a_local_file_and_sees_minus_one_to_one(
+    tmp_path: Path,
+) -> None:
+    """torchvision's IMAGENET1K_V1 weights expect [-1, 1] at the first convolution (what its
+    transform_input=True produces); ImageNet-normalised input there would span about
+    [-2.1, 2.6]. Never called FID: not the network of published FIDs."""
     from torchvision.models import inception_v3
 
     missing = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match=r"nope\.pth.*Fix"):
-        inception_space(missing, torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth.*no FID.*Fix"):
+        inception_space(missing, torch.device("cpu"), "torchvision")
     wrong = tmp_path / "wrong.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
     with pytest.raises(ValueError, match=r"wrong\.pth.*not a torchvision inception_v3"):
-        inception_space(wrong, torch.device("cpu"))
+        torchvision_inception_space(wrong, torch.device("cpu"))
     weights = tmp_path / "inception.pth"
     net = inception_v3(weights=None, aux_logits=True, init_weights=False)
     torch.save(net.state_dict(), weights)
-    space = inception_space(weights, torch.device("cpu"))
-    feats = sample_features(space, torch.rand(2, 1, 16, 16) * 2 - 1)
-    assert space.key == "fid" and feats.shape == (2, 2048)
+    space = inception_space(weights, torch.device("cpu"), "torchvision")
+    assert space.key == "fd_inception_tv" and "not FID" in space.description
+    x = _first_conv_input(space, EXTREMES)
+    assert x.shape == (2, 3, 299, 299)
+    assert x.min().item() == pytest.approx(-1.0) and x.max().item() == pytest.approx(1.0)
+    # The TF FID loader refuses this file and names the setting that takes it.
+    with pytest.raises(ValueError, match="inception_kind=torchvision"):
+        tf_fid_inception_space(weights, torch.device("cpu"))
+
+
+def test_tf_fid_inception_is_torch_fidelitys_network_from_a_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FID proper: torch-fidelity's TF FID Inception, loaded from the user's file (here a
+    random one of the same architecture); uint8 input, (x - 128) / 128 at the first conv."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    # Random weights of the right architecture, without the download the class would do.
+    monkeypatch.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: None)
+    monkeypatch.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+    state = tfi.FeatureExtractorInceptionV3("x", ["2048"]).state_dict()
+    monkeypatch.undo()
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(state, weights)
+    space = tf_fid_inception_space(weights, torch.device("cpu"))
+    assert space.key == "fid" and "TF FID" in space.description
+    assert isinstance(space.network, tfi.FeatureExtractorInceptionV3)
+    x = _first_conv_input(space, EXTREMES)
+    assert x.shape == (2, 3, 299, 299)
+    assert x.min().item() == -1.0 and x.max().item() == 127 / 128
+    assert sample_features(space, EXTREMES).shape == (2, 2048)
+    # A pickle that is not a plain state dict is refused before the network loads it.
+    bad = tmp_path / "code.pth"
+    torch.save({"fc.weight": np.float64}, bad)
+    with pytest.raises(ValueError, match="not a plain state dict"):
+        tf_fid_inception_space(bad, torch.device("cpu"))
 
 
 def test_msc_floor_is_the_frame_bound_and_tight_frames_reach_it() -> None:
@@ -115,20 +173,24 @@ def test_msc_floor_is_the_frame_bound_and_tight_frames_reach_it() -> None:
     assert float(mean_squared_cosine(weight)) == pytest.approx(msc_floor(4, 2), abs=1e-6)
 
 
+QUALITY_KEYS = {
+    f"fd_classifier{suffix}{std}" for suffix in ("", "_perturbed", "_real") for std in ("", "_std")
+} | {"diversity", "diversity_perturbed", "diversity_real"}
+
+
 def test_train_gan_reports_fd_and_diversity_of_both_generators(
     demo_version: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "gan"
     result = run_gan(demo_version, out, [*GAN_QUICK, "quality.samples=16"])
     q = result.quality
-    keys = {"fd_classifier", "fd_classifier_perturbed", "fd_classifier_real"}
-    keys |= {"diversity", "diversity_perturbed", "diversity_real"}
-    assert set(q) == keys and all(np.isfinite(v) for v in q.values()), q
+    assert set(q) == QUALITY_KEYS and all(np.isfinite(v) for v in q.values()), q
     assert not any(k.startswith("fid") for k in q)  # no Inception weights: never "FID"
     assert q["fd_classifier"] != q["fd_classifier_perturbed"]
+    assert q["fd_classifier_real_std"] > 0  # three draws of disjoint real sets
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = [r["metrics"] for r in records if r["type"] == "metrics"][-1]
-    assert {k: final[k] for k in keys} == q
+    assert {k: final[k] for k in QUALITY_KEYS} == q
     # Every N epochs as well, when asked.
     again = run_gan(
         demo_version,
@@ -141,3 +203,46 @@ def test_train_gan_reports_fd_and_diversity_of_both_generators(
         if r["type"] == "metrics" and "fd_classifier" in r["metrics"]
     ]
     assert len(logged) >= 2 and logged[-1]["fd_classifier"] == again.quality["fd_classifier"]
+
+
+def test_the_probe_ranks_a_generator_with_fewer_steps_worse(
+    demo_version: str, tmp_path: Path
+) -> None:
+    """Same feature space and draws (quality.seed), two generators: one step of training
+    against forty. The weaker one is worse by more than either's spread over the draws
+    (here about 15 against 9.6, spreads 2.7 and 2.3), and neither beats the real-vs-real
+    floor (8.2)."""
+    common = ["epochs=100", "batch_size=16", *GAN_QUICK[3:], "quality.samples=16", "lr=0.002"]
+    weak = run_gan(demo_version, tmp_path / "weak", [*common, "max_steps=1"]).quality
+    strong = run_gan(demo_version, tmp_path / "strong", [*common, "max_steps=40"]).quality
+    assert weak["fd_classifier_real"] == strong["fd_classifier_real"]  # one probe
+    gap = weak["fd_classifier"] - strong["fd_classifier"]
+    assert gap > max(weak["fd_classifier_std"], strong["fd_classifier_std"]), (weak, strong)
+    assert strong["fd_classifier"] > strong["fd_classifier_real"]
+
+
+def test_the_papers_protocol_keeps_the_smallest_fd_of_the_last_epochs(
+    demo_version: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "gan"
+    overrides = ["epochs=3", "batch_size=32", *GAN_QUICK[3:], "quality.samples=16"]
+    overrides += ["quality.paper_samples=24", "quality.last_epochs=2"]
+    q = run_gan(demo_version, out, overrides).quality
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    paper = [
+        r["metrics"]["fd_classifier_paper"]
+        for r in records
+        if r["type"] == "metrics" and "fd_classifier_paper" in r["metrics"]
+    ]
+    assert len(paper) == 3  # the ends of epochs 2 and 3, and the final record
+    assert q["fd_classifier_paper_min"] == min(paper[:2])
+    assert q["fd_classifier_paper"] == paper[-1]
+
+
+def test_quality_config_names_what_the_papers_protocol_needs() -> None:
+    from fashion_attr.config import ConfigError, GanConfig, load_config
+
+    with pytest.raises(ConfigError, match=r"last_epochs=10.*paper_samples"):
+        load_config(GanConfig, preset="tiny", overrides=["quality.last_epochs=10"])
+    with pytest.raises(ConfigError, match=r"inception_kind.*'tf_fid' or 'torchvision'"):
+        load_config(GanConfig, preset="tiny", overrides=["quality.inception_kind=keras"])

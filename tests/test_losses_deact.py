@@ -103,3 +103,111 @@ def test_errors_name_the_argument():
         synthetic_complementary_loss(s, torch.ones(2, 3), torch.zeros(2, 4), torch.ones(3))
     with pytest.raises(ValueError, match="attr_logits"):
         deact_binary_loss(torch.zeros(3))
+
+
+def test_centered_is_a_confidence_penalty_where_every_centred_logit_exceeds_t():
+    """Audit: wherever all centred logits exceed T, centred eq. 5 is (1/C)||c||^2 + T^2, so
+    T is a constant there, not a threshold (docs/method.md section 3.5)."""
+    s = torch.tensor([[2.0, -1.0, 0.5, 0.3]])
+    c = s - s.mean(dim=1, keepdim=True)
+    expected = c.square().mean().item() + 4.6**2
+    assert deact_multiclass_loss(s, form="centered").item() == pytest.approx(expected, rel=1e-6)
+    assert deact_multiclass_loss(s, form="centered", threshold=-9.0).item() == pytest.approx(
+        c.square().mean().item() + 81.0, rel=1e-6
+    )
+
+
+def test_log_softmax_form_is_zero_only_at_the_uniform_prediction():
+    """Eq. 5 on log-probabilities: T is a log-probability ceiling, raised to log(1/C) where it
+    is lower. Unclamped, T = -4.6 with C = 10 would cost (log 0.1 + 4.6)^2 = 5.28 at the
+    uniform prediction but only 4.6^2 / 10 = 2.1 at a one-hot one: a reward for confidence."""
+    uniform = torch.zeros(1, 10)
+    one_hot = torch.tensor([[30.0] + [0.0] * 9])
+    assert deact_multiclass_loss(uniform, form="log_softmax").item() == pytest.approx(0, abs=1e-9)
+    confident = deact_multiclass_loss(one_hot, form="log_softmax").item()
+    assert confident == pytest.approx(torch.log(torch.tensor(10.0)).item() ** 2 / 10, rel=1e-4)
+    # Shift-invariant, like the centred form; T acts where e^T > 1/C (C = 200 here).
+    s = torch.randn(4, 200)
+    assert torch.allclose(
+        deact_multiclass_loss(s, form="log_softmax"),
+        deact_multiclass_loss(s + 7.0, form="log_softmax"),
+        atol=1e-6,
+    )
+    logp = torch.log_softmax(s, dim=1)
+    expected = torch.relu(logp + 4.6).square().mean(dim=1)
+    assert torch.allclose(deact_multiclass_loss(s, form="log_softmax"), expected, atol=1e-6)
+    # Its gradient lowers the most probable class.
+    x = torch.tensor([[3.0, 0.0, 0.0]], requires_grad=True)
+    deact_multiclass_loss(x, form="log_softmax").sum().backward()
+    assert x.grad[0, 0] > 0 > x.grad[0, 1]
+
+
+def test_form_is_checked_and_the_legacy_flag_maps_to_it():
+    s = torch.tensor([[1.0, -2.0, 0.5]])
+    assert torch.equal(
+        deact_multiclass_loss(s, centered=False), deact_multiclass_loss(s, form="raw")
+    )
+    with pytest.raises(ValueError, match=r"'form' is 'softmax'.*centered, log_softmax, raw"):
+        deact_multiclass_loss(s, form="softmax")
+    with pytest.raises(ValueError, match="contradicts"):
+        synthetic_complementary_loss(
+            None, None, s, torch.ones(1), form="log_softmax", centered=True
+        )
+
+
+def _memory(num_categories: int = 3):
+    from fashion_attr.hardness import HardLabelMemory
+
+    return HardLabelMemory(0, num_categories)
+
+
+def test_noise_control_needs_no_generator_and_matches_the_real_batch():
+    from fashion_attr.classifier.deact import DeactLoss
+
+    deact = DeactLoss(
+        None,
+        _memory(),
+        sigma_p=2.0,
+        threshold=-4.6,
+        image_size=16,
+        mean=(0.5,),
+        std=(0.5,),
+        in_channels=1,
+        source="noise",
+        form="log_softmax",
+    )
+    real = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.3 - 0.4
+    batch = deact.synthesize(256, like=real)
+    x = batch.images
+    assert x.shape == (256, 1, 16, 16) and batch.cat_idx.shape == (256,)
+    assert x.mean().item() == pytest.approx(-0.4, abs=0.02)
+    assert x.std().item() == pytest.approx(0.3, abs=0.02)
+    # Valid images: the normalised range of pixels in [0, 1] is [-1, 1] here.
+    wide = deact.synthesize(64, like=real * 10).images
+    assert wide.min().item() >= -1.0 and wide.max().item() <= 1.0
+    assert deact.modules() == [] and deact.form == "log_softmax" and not deact.centered
+    with pytest.raises(ValueError, match="needs a generator"):
+        DeactLoss(None, _memory(), sigma_p=0, threshold=-4.6, image_size=8, mean=(0.5,), std=(0.5,))
+
+
+def test_noise_source_from_config_loads_no_generator():
+    from types import SimpleNamespace
+
+    from fashion_attr.classifier.deact import deact_from_generator
+    from fashion_attr.config import ClassifierConfig, ConfigError, load_config
+
+    info = SimpleNamespace(
+        num_attributes=2,
+        num_categories=3,
+        num_train=4,
+        train_pos_counts=torch.tensor([2, 1]),
+        train_category_counts=torch.tensor([2, 1, 1]),
+    )
+    cfg = load_config(ClassifierConfig, preset="tiny", overrides=["deact.source=noise"])
+    deact = deact_from_generator(
+        cfg, info, None, device=torch.device("cpu"), in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    assert deact is not None and deact.generator is None and deact.source == "noise"
+    assert deact.synthesize(4).images.shape == (4, 3, 64, 64)
+    with pytest.raises(ConfigError, match=r"deact\.source.*'generator' or 'noise'"):
+        load_config(ClassifierConfig, preset="tiny", overrides=["deact.source=gan"])

@@ -66,3 +66,21 @@ def test_bad_inputs():
         decorrelation_loss(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="noise_channels"):
         decorrelation_loss(torch.zeros(4, 2, 3, 3), slice(4, 8))
+
+
+def test_sum_reduction_is_the_mean_times_nf_nz_squared_and_reaches_train_gan():
+    """The reading under which the paper's 2e-6 acts: the unnormalised sum of eq. 7-8."""
+    from fashion_attr.config import ConfigError, GanConfig, load_config
+
+    torch.manual_seed(1)
+    w = torch.randn(5, 3, 3, 3)  # N_Z = 5 noise dims, N_F = 3 channels
+    mean = decorrelation_loss(w)
+    assert decorrelation_loss(w, reduction="sum").item() == pytest.approx(
+        mean.item() * 3 * 5**2, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="'reduction' is 'max'"):
+        decorrelation_loss(w, reduction="max")
+    cfg = load_config(GanConfig, preset="paper", overrides=["dc_reduction=sum"])
+    assert cfg.dc_reduction == "sum"
+    with pytest.raises(ConfigError, match="dc_reduction"):
+        load_config(GanConfig, preset="tiny", overrides=["dc_reduction=max"])

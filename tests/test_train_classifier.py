@@ -433,7 +433,9 @@ def test_tiny_preset_end_to_end_beats_a_constant_predictor(
     clf = run_classifier(  # the tiny preset: habp + deact (every 5 steps, lambda 0.01)
         e2e_version,
         str(tmp_path / "clf"),
-        ["image_size=32", "epochs=15", "lr_milestones=[10, 13]"],
+        # These crop-only margins were set with a quarter of whole photos; the preset's 0.5,
+        # chosen for crops and whole photos alike (docs/results.md), costs crop recall.
+        ["image_size=32", "epochs=15", "lr_milestones=[10, 13]", "whole_share=0.25"],
         generator=gan.generator,
     )
     assert clf.deact_steps == clf.steps // 5 > 0

@@ -14,7 +14,12 @@
 #   mnist  bench/mnist_deact.py at MNIST_SCALE (default 1 = the paper's budget),
 #          one process per (n, seed) cell, all in parallel on the one GPU
 #          (MNIST_S, default 480 s), merged with --merge from the cells that
-#          finished.
+#          finished. Every cell runs LeNet, each reading of Deact and its
+#          controls (MNIST_METHODS, default "controls": the noise images, the
+#          unperturbed generator, the literal form) and reports validation
+#          (images 4000-4999, where the default reading is chosen) and test
+#          errors (5000-9999); MNIST_NS (default 25,100,1000) and MNIST_SEEDS
+#          (default 3) size the grid to the call.
 #   smoke  both stages at CPU-check sizes, on whatever device there is (what
 #          tests/test_device_checks.py runs on a machine without a GPU).
 # Outputs, all in $OUT (the tool brings back at most 8 files): machine.txt,
@@ -98,7 +103,8 @@ mnist() {
         scale=0.002
         extra=(--ns 25 --gan-top-channels 8 --syn-batch 8 --device cpu)
     fi
-    local ns=${MNIST_NS:-25,50,100,500,1000} seeds=${MNIST_SEEDS:-5} pids=() n s
+    local ns=${MNIST_NS:-25,100,1000} seeds=${MNIST_SEEDS:-3} pids=() n s
+    local methods=${MNIST_METHODS:-controls}
     [[ $STAGE == smoke ]] && ns=25 && seeds=2
     echo "=== mnist: n in $ns, $seeds seeds, scale $scale, one process per cell" | tee -a "$LOG"
     for n in ${ns//,/ }; do
@@ -106,7 +112,7 @@ mnist() {
             timeout --kill-after=10 "${MNIST_S:-480}" "$PY" bench/mnist_deact.py --threads 1 \
                 --images "$MNIST_DIR/t10k-images-idx3-ubyte.gz" \
                 --labels "$MNIST_DIR/t10k-labels-idx1-ubyte.gz" \
-                --ns "$n" --seed "$s" --seeds 1 --scale "$scale" "${extra[@]}" \
+                --ns "$n" --seed "$s" --seeds 1 --scale "$scale" --methods "$methods" "${extra[@]}" \
                 --out "$RES/mnist/cell_${n}_$s" >"$RES/mnist_${n}_$s.log" 2>&1 &
             pids+=($!)
         done

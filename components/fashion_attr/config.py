@@ -78,20 +78,62 @@ class PreprocessConfig(_Frozen):
 
 
 class GanQualityConfig(_Frozen):
-    """How ``train_gan`` measures its samples (:mod:`fashion_attr.evaluation.gan_quality`)."""
+    """How ``train_gan`` measures its samples (:mod:`fashion_attr.gan.quality`).
+
+    The probe draws ``draws`` pairs of disjoint real sets of ``samples`` images each from
+    the held-out split (``val``), and reports the generator's Fréchet distance with its
+    spread beside the real-vs-real floor over the same draws. ``paper_samples`` and
+    ``last_epochs`` add the paper's protocol (docs/method.md section 4).
+    """
 
     enabled: bool = Field(True, description="Measure FD and diversity at the end of training.")
     every_epochs: int = Field(0, ge=0, description="Also every N epochs (0: only at the end).")
-    samples: int = Field(1000, ge=2, description="Real and generated images per measurement.")
+    samples: int = Field(1000, ge=2, description="Images per real and generated set per draw.")
+    draws: int = Field(
+        3,
+        ge=1,
+        description="Disjoint real-set pairs drawn from the held-out split: the generator's FD "
+        "and the real-vs-real floor are the mean and spread over them.",
+    )
     inception_weights: str | None = Field(
         None,
-        description="Local torchvision inception_v3 state dict: FID. None: classifier FD.",
+        description="Local Inception weights file (no download): FID with inception_kind "
+        "tf_fid. None: no FID, the classifier FD instead.",
+    )
+    inception_kind: Literal["tf_fid", "torchvision"] = Field(
+        "tf_fid",
+        description="tf_fid: the TF FID Inception of published FIDs (torch-fidelity's network, "
+        "its or pytorch-fid's weights file), logged as 'fid'. torchvision: a torchvision "
+        "inception_v3 state dict, logged as 'fd_inception_tv' (not FID).",
+    )
+    paper_samples: int = Field(
+        0,
+        ge=0,
+        description="The paper's protocol: FD of this many generated images (labels from the "
+        "train prior) against the whole held-out split, logged as '<key>_paper' (paper: "
+        "30000; 0: off).",
+    )
+    last_epochs: int = Field(
+        0,
+        ge=0,
+        description="Also measure at the end of each of the last K epochs and log the "
+        "smallest '<key>_paper' as '<key>_paper_min' (paper: 10; 0: off).",
     )
     feature_steps: int = Field(300, ge=1, description="Training steps of the FD classifier.")
     feature_size: int = Field(64, ge=16, description="Side (px) the FD classifier sees.")
     seed: int = Field(
         0, description="Seeds the FD classifier and the noise: runs on one dataset compare."
     )
+
+    @model_validator(mode="after")
+    def _last_epochs_need_paper(self) -> GanQualityConfig:
+        if self.last_epochs and not self.paper_samples:
+            raise ValueError(
+                f"last_epochs={self.last_epochs} takes the smallest '<key>_paper' figure, which "
+                "paper_samples=0 turns off. Fix: set paper_samples (the paper's 30000) or "
+                "last_epochs=0"
+            )
+        return self
 
 
 class GanConfig(_Frozen):
@@ -112,8 +154,14 @@ class GanConfig(_Frozen):
     dc_weight: float = Field(
         0.0,
         ge=0,
-        description="Decorrelation loss weight (eq. 7-8); 0 turns it off (the measured "
-        "default, README 'Decorrelation'); the paper's 2e-6 is inert under eq. 7-8.",
+        description="Decorrelation loss weight (eq. 7-8); 0 turns it off (docs/results.md "
+        "'Decorrelation'). The paper's value is 2e-6 (inert with dc_reduction=mean).",
+    )
+    dc_reduction: Literal["mean", "sum"] = Field(
+        "mean",
+        description="mean: eq. 7-8 as written, divided by N_F * N_Z^2. sum: the unnormalised "
+        "sum of squared cosines, the reading under which the paper's 2e-6 acts (it equals "
+        "mean with weight 2e-6 * N_F * N_Z^2).",
     )
     ema: bool = Field(False, description="Keep an EMA copy of G and export it.")
     ema_decay: float = Field(0.999, gt=0, lt=1)
@@ -159,7 +207,11 @@ class LossConfig(_Frozen):
 
 
 class DeactConfig(_Frozen):
-    """Deact: deactivation on synthetic complementary samples (docs/method.md section 3)."""
+    """Deact: deactivation on synthetic complementary samples (docs/method.md section 3).
+
+    ``centered`` is the legacy spelling of ``form`` (true: ``centered``, false: ``raw``);
+    when given, it wins over ``form``.
+    """
 
     enabled: bool = True
     lambda_: float = Field(1e-4, ge=0, alias="lambda", description="Weight of L_SC (eq. 11).")
@@ -167,9 +219,17 @@ class DeactConfig(_Frozen):
     sigma_p: float = Field(1.5, ge=0, description="Std of the generator perturbation.")
     batch_size: int | None = Field(None, ge=1, description="Synthetic batch; default = real.")
     threshold: float = Field(-4.6, description="T of the multi-class deactivation (eq. 5).")
-    centered: bool = Field(
-        True,
-        description="Centre the category logits before eq. 5 (docs/method.md); False: literal.",
+    form: Literal["centered", "log_softmax", "raw"] = Field(
+        "centered",
+        description="Reading of eq. 5 on the softmax head (docs/method.md section 3.5): "
+        "centered (a confidence penalty on centred logits), log_softmax (every class "
+        "probability below max(e^T, 1/C)) or raw (the paper's literal form).",
+    )
+    source: Literal["generator", "noise"] = Field(
+        "generator",
+        description="Images L_SC is computed on: the frozen, perturbed generator's (Deact), "
+        "or Gaussian noise with each real batch's per-channel mean and std (the "
+        "no-generator control; needs no generator).",
     )
     memory_momentum: float = Field(0.5, gt=0, lt=1)
     positives_per_image: int | None = Field(
@@ -177,6 +237,25 @@ class DeactConfig(_Frozen):
     )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_centered(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "centered" in data:
+            data = dict(data)
+            centered = data.pop("centered")
+            if not isinstance(centered, bool):
+                raise ValueError(
+                    f"centered={centered!r}: expected true or false (legacy spelling of form: "
+                    "true = centered, false = raw)"
+                )
+            data["form"] = "centered" if centered else "raw"
+        return data
+
+    @property
+    def centered(self) -> bool:
+        """Legacy view of ``form``: True for the centred reading."""
+        return self.form == "centered"
 
 
 class ClassifierConfig(_Frozen):

@@ -1,4 +1,4 @@
-"""Hard-label memory: EMA of label hardness and condition sampling for Deact (section 3.3).
+"""Hard-label memory: label hardness EMA and condition sampling (docs/method.md section 3.3-3.4).
 
 For every attribute j and label value y in {0, 1} the memory keeps ``S_j(y)``,
 an exponential moving average of the hardness ``h_ij`` of the training nodes
@@ -61,7 +61,7 @@ def default_positives_per_image(total_positives: int, num_images: int) -> int:
 
 
 class HardLabelMemory:
-    """EMA memory of label hardness ``S_j(y)`` and ``S_cat(c)`` (section 3.3, step 3-4).
+    """EMA memory of label hardness ``S_j(y)``, ``S_cat(c)`` (docs/method.md section 3.3-3.4).
 
     Attributes:
         num_attributes: ``N``; 0 for a category-only task (MNIST).

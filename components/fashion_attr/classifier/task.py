@@ -5,7 +5,7 @@ loss (HABP by default, eq. 1-4; or a baseline) and ``L_SC`` the Deact loss on
 synthetic complementary images (eq. 10), computed every ``deact.every``
 iterations. The training loop only calls :meth:`ClassifierTask.step_loss`.
 
-Decisions taken here (documented in README):
+Decisions taken here (documented in docs/method.md sections 1, 3.3 and 3.7):
 
 - **HABP normaliser under DDP is global**: the weight sum is all-reduced over
   ranks, so multi-GPU training optimises exactly the single-process objective
@@ -174,6 +174,9 @@ class ClassifierTask:
         if self.is_deact_step(step):
             assert self.deact is not None
             with record_function("fa.deact_synthesize"):
+                if self.deact.source == "noise":
+                    # The no-generator control matches its noise to this real batch.
+                    self.deact.match_statistics(images)
                 synth = self.deact.synthesize(self.cfg.deact.batch_size or m)
                 images = torch.cat([images, synth.images.to(images.dtype)], dim=0)
         with record_function("fa.forward"):

@@ -7,15 +7,23 @@ their features (Heusel et al., 2017)::
 
 Which features decides what the number means, so it is always named:
 
-- **FID** (``fid``): the 2,048-d pool features of Inception-v3, only when the user gives
-  a local weights file (``GanConfig.quality.inception_weights``: a torchvision
-  ``inception_v3`` state dict). Nothing is downloaded at run time. torchvision's
-  Inception-v3 weights are not the TF-ported network of published FIDs, so values are
-  comparable across runs of this project, not with papers.
+- **FID** (``fid``): the 2,048-d pool features of the TF FID Inception, the network of
+  published FIDs (Heusel et al.'s TensorFlow graph, ported by pytorch-fid and
+  torch-fidelity). The network is built from torch-fidelity's classes and loaded from
+  the user's local weights file (``GanConfig.quality.inception_weights``; torch-fidelity's
+  ``weights-inception-2015-12-05-6726825d.pth`` or pytorch-fid's
+  ``pt_inception-2015-12-05-6726825d.pth``). Nothing is downloaded at run time: no
+  weights file, no FID.
+- **torchvision Inception FD** (``fd_inception_tv``, ``quality.inception_kind:
+  torchvision``): torchvision's ImageNet Inception-v3 (``IMAGENET1K_V1`` state dict).
+  Its first convolution is fed ``[-1, 1]``, the range those weights expect (torchvision
+  applies the same map with ``transform_input=True``). Not the network of published
+  FIDs, so never called FID.
 - **classifier FD** (``fd_classifier``), otherwise: the penultimate features of a small
   classifier trained for a fixed number of steps on the same training split
   (:func:`fashion_attr.classifier.feature_space.classifier_space`, handed to the
-  quality probe by the ``train_gan`` step). It is *not* FID and never called so.
+  quality probe by the ``train_gan`` step). It is *not* FID and never called so; it
+  compares runs on one dataset only.
 
 Diversity is the mean pairwise Euclidean distance between the features of generated
 images of the same category, averaged over categories: a generator that collapses to
@@ -45,11 +53,9 @@ __all__ = [
     "frechet_distance",
     "inception_space",
     "sample_features",
+    "tf_fid_inception_space",
+    "torchvision_inception_space",
 ]
-
-#: ImageNet normalisation of torchvision's Inception-v3.
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -57,14 +63,17 @@ class FeatureSpace:
     """A feature extractor for FD, with the name its figures are logged under.
 
     Attributes:
-        key: metric-name prefix: ``"fid"`` (Inception-v3) or ``"fd_classifier"``.
+        key: metric-name prefix: ``"fid"`` (TF FID Inception), ``"fd_inception_tv"``
+            (torchvision's Inception) or ``"fd_classifier"``.
         description: what the features are, for logs and reports.
         extract: images in ``[-1, 1]`` ``[B, C, H, W]`` -> features ``[B, D]`` (no grad).
+        network: the feature network, when there is one (tests inspect its input).
     """
 
     key: str
     description: str
     extract: Callable[[Tensor], Tensor]
+    network: nn.Module | None = None
 
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
@@ -131,11 +140,89 @@ def sample_features(space: FeatureSpace, images: Tensor, batch: int = 256) -> np
     return torch.cat(out).numpy()
 
 
-def inception_space(weights: str | Path, device: torch.device) -> FeatureSpace:
-    """Inception-v3 pool features (2,048-d) from a local torchvision state dict: FID.
+def _weights_file(weights: str | Path, what: str) -> tuple[Path, dict]:
+    """Check a local weights file and load it as a plain state dict (no pickled code)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"quality.inception_weights={str(path)!r} does not exist: no FID without a local "
+            f"weights file (nothing is downloaded). Fix: point it at a local {what} copied "
+            "from a machine with internet access, or set it to null for the classifier FD"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with code, or not a torch file at all
+        raise ValueError(
+            f"quality.inception_weights={str(path)!r} is not a plain state dict "
+            f"({str(exc).splitlines()[0]}). Fix: use {what}"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"quality.inception_weights={str(path)!r} holds a {type(state).__name__}, not a "
+            f"state dict. Fix: use {what}"
+        )
+    return path, state
 
-    Images are resized to 299 px (bilinear), grey ones repeated to 3 channels, and
-    normalised as torchvision's ImageNet weights expect.
+
+_TF_FID_FILE = (
+    "the TF FID Inception weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
+    "or pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"
+)
+_TV_FILE = "torchvision's Inception_V3_Weights.IMAGENET1K_V1 file (inception_v3_google-*.pth)"
+
+
+def tf_fid_inception_space(weights: str | Path, device: torch.device) -> FeatureSpace:
+    """The TF FID Inception's 2,048-d pool features from a local weights file: FID.
+
+    The network is torch-fidelity's ``FeatureExtractorInceptionV3`` (the TF graph of
+    published FIDs, as pytorch-fid and torchmetrics use it); images in ``[-1, 1]`` are
+    quantised to uint8 as a saved PNG would be, grey ones repeated to 3 channels, and the
+    network resizes them to 299 px with TF's bilinear rule and maps them to ``[-1, 1]``
+    itself (``(x - 128) / 128``).
+
+    Raises:
+        FileNotFoundError: the weights file does not exist (names it).
+        ValueError: the file is not a TF FID Inception state dict (names it and the fix).
+        ImportError: torch-fidelity is not installed (names the extra to install).
+    """
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as exc:
+        raise ImportError(
+            "FID needs torch-fidelity (the TF FID Inception network). Fix: pip install "
+            "'fashion-attr[fid]', or set quality.inception_weights=null for the classifier FD"
+        ) from exc
+    path, state = _weights_file(weights, _TF_FID_FILE)
+    expected = {"Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight", "fc.weight"}
+    if not expected <= set(state) or tuple(state["fc.weight"].shape) != (1008, 2048):
+        raise ValueError(
+            f"quality.inception_weights={str(path)!r} is not the TF FID Inception (it lacks "
+            f"{sorted(expected - set(state)) or 'the 1008-class fc layer'}; a torchvision "
+            f"file needs quality.inception_kind=torchvision). Fix: use {_TF_FID_FILE}"
+        )
+    # The file was just read as a plain state dict (weights_only), so the extractor's own
+    # load of the same path cannot run pickled code.
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(path))
+    net.to(device)
+
+    def extract(x: Tensor) -> Tensor:
+        x = x.to(device).float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        u8 = x.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+        return net(u8)[0]
+
+    return FeatureSpace("fid", f"TF FID Inception pool features ({path.name})", extract, net)
+
+
+def torchvision_inception_space(weights: str | Path, device: torch.device) -> FeatureSpace:
+    """The ImageNet Inception-v3 of torchvision: pool features (2,048-d), not FID.
+
+    torchvision's ``IMAGENET1K_V1`` weights come from Google's TF model, whose first
+    convolution expects ``[-1, 1]``; torchvision builds the network with
+    ``transform_input=True`` to map ImageNet-normalised input back to that range. Here the
+    network is built without the transform and fed ``[-1, 1]`` directly (resized to 299 px,
+    bilinear; grey repeated to 3 channels): the same input at the first convolution.
 
     Raises:
         FileNotFoundError: the weights file does not exist (names it).
@@ -143,34 +230,50 @@ def inception_space(weights: str | Path, device: torch.device) -> FeatureSpace:
     """
     from torchvision.models import inception_v3
 
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"quality.inception_weights={str(path)!r} does not exist. Fix: point it at a "
-            "local torchvision inception_v3 state dict (e.g. inception_v3_google-0cc3c7bd.pth "
-            "copied from a machine with internet access), or set it to null for the "
-            "classifier FD"
-        )
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path, state = _weights_file(weights, _TV_FILE)
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
     try:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise ValueError(
             f"quality.inception_weights={str(path)!r} is not a torchvision inception_v3 "
-            f"state dict ({str(exc).splitlines()[0]}). Fix: use the file torchvision's "
-            "Inception_V3_Weights.IMAGENET1K_V1 downloads"
+            f"state dict ({str(exc).splitlines()[0]}). Fix: use {_TV_FILE}, or "
+            "quality.inception_kind=tf_fid for the TF FID weights"
         ) from None
     net.fc = nn.Identity()
     net.eval().requires_grad_(False).to(device)
-    mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(_STD, device=device).view(1, 3, 1, 1)
 
     def extract(x: Tensor) -> Tensor:
         x = x.to(device).float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x.add(1).div(2), size=(299, 299), mode="bilinear", align_corners=False)
-        return net((x - mean) / std)
+        # [-1, 1] at the first convolution: what the IMAGENET1K_V1 weights expect.
+        return net(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False))
 
-    return FeatureSpace("fid", f"Inception-v3 pool features ({path.name})", extract)
+    description = f"torchvision Inception-v3 pool features ({path.name}; not FID)"
+    return FeatureSpace("fd_inception_tv", description, extract, net)
+
+
+def inception_space(
+    weights: str | Path, device: torch.device, kind: str = "tf_fid"
+) -> FeatureSpace:
+    """The Inception feature space of ``quality.inception_kind`` from a local file.
+
+    Args:
+        weights: the local weights file.
+        device: where the network runs.
+        kind: ``"tf_fid"`` (:func:`tf_fid_inception_space`, FID) or ``"torchvision"``
+            (:func:`torchvision_inception_space`, not FID).
+
+    Returns:
+        The feature space.
+
+    Raises:
+        ValueError: an unknown ``kind``, or a file of the wrong network.
+        FileNotFoundError: the weights file does not exist.
+    """
+    if kind == "tf_fid":
+        return tf_fid_inception_space(weights, device)
+    if kind == "torchvision":
+        return torchvision_inception_space(weights, device)
+    raise ValueError(f"quality.inception_kind={kind!r}; expected 'tf_fid' (FID) or 'torchvision'")

@@ -51,15 +51,24 @@ class MRGANLoss:
         discriminator: the multi-resolution discriminator (one logit per image per level).
         z_dim: noise dimensions.
         dc_weight: weight of the decorrelation loss (eq. 7-8) in G's loss; 0 turns it off.
+        dc_reduction: ``"mean"`` (eq. 7-8 as written) or ``"sum"`` (the unnormalised sum,
+            the reading under which the paper's 2e-6 acts; see
+            :func:`fashion_attr.losses.decorrelation_loss`).
     """
 
     def __init__(
-        self, generator: nn.Module, discriminator: nn.Module, z_dim: int, dc_weight: float
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        z_dim: int,
+        dc_weight: float,
+        dc_reduction: str = "mean",
     ) -> None:
         self.G = generator
         self.D = discriminator
         self.z_dim = z_dim
         self.dc_weight = dc_weight
+        self.dc_reduction = dc_reduction
 
     def _noise(self, n: int, device: torch.device, gen: torch.Generator | None) -> Tensor:
         return torch.randn(n, self.z_dim, device=device, generator=gen)
@@ -86,7 +95,7 @@ class MRGANLoss:
         dc = None
         if self.dc_weight > 0:
             base = getattr(self.G, "module", self.G)  # unwrap DDP
-            dc = decorrelation_loss(base.projection_weight, base.noise_channels)
+            dc = decorrelation_loss(base.projection_weight, base.noise_channels, self.dc_reduction)
             loss = loss + self.dc_weight * dc  # eq. 7-8, weight 2e-6 in the paper
         loss.backward()
         return StepLosses(

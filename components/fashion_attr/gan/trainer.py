@@ -136,7 +136,9 @@ class GanTrainer:
         if ctx.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
             g_model, d_model = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
-        self.objective = MRGANLoss(g_model, d_model, self.spec.z_dim, cfg.dc_weight)
+        self.objective = MRGANLoss(
+            g_model, d_model, self.spec.z_dim, cfg.dc_weight, cfg.dc_reduction
+        )
         self.levels = list(self.spec.levels)
         self.out, self.workdir = out, workdir
         self.sample_uris: list[str] = []
@@ -200,19 +202,24 @@ class GanTrainer:
         return {"projection_msc": self.objective.projection_correlation()}
 
     def end_epoch(self, epoch: int, step: int) -> dict[str, float]:
-        """Sample grids of the finished epoch; FD and diversity every ``every_epochs``."""
+        """Sample grids of the finished epoch; FD and diversity when due.
+
+        Due every ``quality.every_epochs`` epochs and in the last ``quality.last_epochs``
+        epochs of the run (the paper's protocol).
+        """
         self.write_grids(epoch + 1)
         every = self.cfg.quality.every_epochs
-        if every and (epoch + 1) % every == 0:
-            return self.measure_quality(step)
+        last = self.quality is not None and self.quality.in_last_epochs(epoch + 1)
+        if (every and (epoch + 1) % every == 0) or last:
+            return self.measure_quality(step, epoch + 1)
         return {}
 
-    def measure_quality(self, step: int) -> dict[str, float]:
+    def measure_quality(self, step: int, epoch: int | None = None) -> dict[str, float]:
         """FD and diversity of the exported generator (rank 0; once per step)."""
         if self.quality is None or not self.ctx.is_main:
             return {}
         if self.last_quality.get("step") != step:
-            self.last_quality = {"step": step, **self.quality.measure(self.exported)}
+            self.last_quality = {"step": step, **self.quality.measure(self.exported, epoch)}
         return {k: v for k, v in self.last_quality.items() if k != "step"}
 
     def rng_generators(self) -> tuple[torch.Generator, ...]:
@@ -325,6 +332,7 @@ def _train(
             device=device,
             cache_dir=cache_dir,
             feature_space=feature_space,
+            total_epochs=cfg.epochs,
         )
     tracker = Tracker(workdir / "metrics.jsonl", "train_gan", enabled=ctx.is_main)
     tracker.log_params({"config": config_to_dict(cfg), "data": data})

@@ -74,7 +74,10 @@ from fashion_attr.losses.baselines import (
     weighted_focal_loss,
 )
 from fashion_attr.losses.deactivation import (
+    DEACT_FORMS,
+    DEFAULT_FORM,
     DEFAULT_THRESHOLD,
+    DeactForm,
     deact_binary_loss,
     deact_multiclass_loss,
     synthetic_complementary_loss,
@@ -90,10 +93,13 @@ from fashion_attr.losses.habp import (
 )
 
 __all__ = [
+    "DEACT_FORMS",
+    "DEFAULT_FORM",
     "DEFAULT_THRESHOLD",
     "LOSSES",
     "REQUIRED_KWARGS",
     "BuiltLoss",
+    "DeactForm",
     "LabelCounts",
     "LossSettings",
     "asymmetric_loss",

@@ -315,7 +315,7 @@ def node_hardness(attr_logits: Tensor, attr_targets: Tensor, gamma: float) -> Te
 
 
 def category_hardness(cat_logits: Tensor, cat_targets: Tensor, gamma: float) -> Tensor:
-    """Hardness ``(1 - softmax(s)[c]) ** gamma`` of the category node (section 3.1).
+    """Hardness ``(1 - softmax(s)[c]) ** gamma`` of the category node (docs/method.md section 1).
 
     ``log(1 - p_c) = logsumexp_{k != c} s_k - logsumexp_k s_k``, exact even when
     ``p_c`` rounds to 1 in float32. ``gamma = 0`` gives exactly 1.
