@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fashion_attr.classifier.model import build_classifier
+from fashion_attr.classifier.model import ClassifierArch, build_classifier
 from fashion_attr.evaluation.gan_quality import FeatureSpace
 
 __all__ = ["classifier_space"]
@@ -57,7 +57,7 @@ def classifier_space(
     n_cat = int(categories.max()) + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        arch = "lenet5" if grey and side == 28 else "tiny"
+        arch: ClassifierArch = "lenet5" if grey and side == 28 else "tiny"
         net = build_classifier(arch, n_attr, n_cat, in_channels=images.shape[1]).to(device)
 
     def prep(x: Tensor) -> Tensor:
@@ -74,11 +74,12 @@ def classifier_space(
         attr_logits, cat_logits = net(prep(images[idx]))
         loss = F.cross_entropy(cat_logits, categories[idx].to(device))
         if n_attr:
+            assert attributes is not None  # n_attr > 0 only with attributes
             loss = loss + F.binary_cross_entropy_with_logits(
                 attr_logits, attributes[idx].to(device).float()
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         opt.step()
     net.eval().requires_grad_(False)
 

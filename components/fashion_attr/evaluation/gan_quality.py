@@ -41,6 +41,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,8 @@ class FeatureSpace:
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    root: np.ndarray = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    return root
 
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
@@ -140,7 +142,7 @@ def sample_features(space: FeatureSpace, images: Tensor, batch: int = 256) -> np
     return torch.cat(out).numpy()
 
 
-def _weights_file(weights: str | Path, what: str) -> tuple[Path, dict]:
+def _weights_file(weights: str | Path, what: str) -> tuple[Path, dict[str, Any]]:
     """Check a local weights file and load it as a plain state dict (no pickled code)."""
     path = Path(weights)
     if not path.is_file():
@@ -210,7 +212,8 @@ def tf_fid_inception_space(weights: str | Path, device: torch.device) -> Feature
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         u8 = x.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-        return net(u8)[0]
+        features: Tensor = net(u8)[0]
+        return features
 
     return FeatureSpace("fid", f"TF FID Inception pool features ({path.name})", extract, net)
 
@@ -248,7 +251,10 @@ def torchvision_inception_space(weights: str | Path, device: torch.device) -> Fe
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         # [-1, 1] at the first convolution: what the IMAGENET1K_V1 weights expect.
-        return net(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False))
+        pooled: Tensor = net(
+            F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        )
+        return pooled
 
     description = f"torchvision Inception-v3 pool features ({path.name}; not FID)"
     return FeatureSpace("fd_inception_tv", description, extract, net)

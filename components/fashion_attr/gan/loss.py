@@ -8,11 +8,13 @@ run the forward passes, compute the losses and call ``backward``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fashion_attr.gan.networks import MRGenerator
 from fashion_attr.losses import decorrelation_loss, mean_squared_cosine
 
 __all__ = ["MRGANLoss", "image_pyramid"]
@@ -83,7 +85,7 @@ class MRGANLoss:
         d_fake = self.D([f.detach() for f in fake], cond).float()
         per_level = (F.softplus(-d_real) + F.softplus(d_fake)).mean(dim=0)  # [L]
         loss = per_level.mean()  # the paper: D's loss is the mean over resolutions
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         return StepLosses(total=loss.detach(), per_level=per_level.detach())
 
     def generator_step(self, cond: Tensor, gen: torch.Generator | None = None) -> StepLosses:
@@ -94,10 +96,10 @@ class MRGANLoss:
         loss = per_level.mean()
         dc = None
         if self.dc_weight > 0:
-            base = getattr(self.G, "module", self.G)  # unwrap DDP
+            base = self._generator()
             dc = decorrelation_loss(base.projection_weight, base.noise_channels, self.dc_reduction)
             loss = loss + self.dc_weight * dc  # eq. 7-8, weight 2e-6 in the paper
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         return StepLosses(
             total=loss.detach(),
             per_level=per_level.detach(),
@@ -106,5 +108,9 @@ class MRGANLoss:
 
     def projection_correlation(self) -> float:
         """Mean squared cosine between projection filters (the paper's Fig. 8 quantity)."""
-        base = getattr(self.G, "module", self.G)
+        base = self._generator()
         return float(mean_squared_cosine(base.projection_weight, base.noise_channels))
+
+    def _generator(self) -> MRGenerator:
+        """The generator itself, DDP's wrapper taken off."""
+        return cast(MRGenerator, getattr(self.G, "module", self.G))

@@ -35,8 +35,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -66,13 +66,16 @@ log = logging.getLogger(__name__)
 _CHUNK = 256
 
 
-def _batches(data: str, split: str, limit: int, size: int, cache_dir: Any, device: torch.device):
+def _batches(
+    data: str, split: str, limit: int, size: int, cache_dir: Any, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(images in [-1, 1] at size, categories, attribute positives)``, ``limit`` in all."""
     from fashion_attr.data.loader import make_loader
 
     count = 0
     loader = make_loader(data, split, batch_size=128, cache_dir=cache_dir, train=False)
-    for x, targets, known, category in loader:
+    for batch in loader:
+        x, targets, known, category = (cast(Tensor, part) for part in batch)
         take = min(x.shape[0], limit - count)
         if take <= 0:
             break
@@ -224,10 +227,10 @@ class SampleQuality:
         if self.cfg.paper_samples:
             info = DatasetInfo.load(self.data)
             gen = torch.Generator().manual_seed(self.seed + 31337)
-            cat, attr = train_prior_conditions(info, self.cfg.paper_samples, gen)
+            prior_cat, prior_attr = train_prior_conditions(info, self.cfg.paper_samples, gen)
             self.paper_cond = make_condition(
-                cat.to(self.device),
-                None if attr is None else attr.to(self.device),
+                prior_cat.to(self.device),
+                None if prior_attr is None else prior_attr.to(self.device),
                 self.num_categories,
             )
         self._ready = True
@@ -241,7 +244,9 @@ class SampleQuality:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out = []
         for i in range(0, cond.shape[0], _CHUNK):
-            images = g.sample(cond[i : i + _CHUNK], perturb_sigma=sigma, generator=gen).float()
+            chunk = cond[i : i + _CHUNK]
+            sampled = cast(Tensor, g.sample(chunk, perturb_sigma=sigma, generator=gen))
+            images = sampled.float()
             out.append(sample_features(self.space, images))
         g.train(was_training)
         return np.concatenate(out)

@@ -42,7 +42,7 @@ Everything is computed in float32, with autocast disabled.
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ DEACT_FORMS: tuple[str, ...] = get_args(DeactForm)
 DEFAULT_FORM: DeactForm = "centered"
 
 
-def _resolve_form(form: str | None, centered: bool | None, where: str) -> str:
+def _resolve_form(form: str | None, centered: bool | None, where: str) -> DeactForm:
     """``form``, or the legacy ``centered`` flag (True: centered, False: raw)."""
     if centered is not None:
         legacy = "centered" if centered else "raw"
@@ -79,13 +79,13 @@ def _resolve_form(form: str | None, centered: bool | None, where: str) -> str:
                 f"{where}: 'centered={centered}' contradicts 'form={form!r}'; pass only "
                 f"'form', one of {', '.join(DEACT_FORMS)}."
             )
-        return legacy
+        return cast(DeactForm, legacy)
     form = DEFAULT_FORM if form is None else form
     if form not in DEACT_FORMS:
         raise ValueError(
             f"{where}: argument 'form' is {form!r}; expected one of {', '.join(DEACT_FORMS)}."
         )
-    return form
+    return cast(DeactForm, form)
 
 
 def deact_binary_loss(attr_logits: Tensor) -> Tensor:
@@ -199,7 +199,9 @@ def synthetic_complementary_loss(
             "the classifier's logits on the synthetic batch for at least one head."
         )
     form = _resolve_form(form, centered, "synthetic_complementary_loss")
-    device = (attr_logits if attr_logits is not None else cat_logits).device
+    some = attr_logits if attr_logits is not None else cat_logits
+    assert some is not None  # one of the two, checked above
+    device = some.device
     with fp32_region(device):
         num = torch.zeros((), dtype=torch.float32, device=device)
         den = torch.zeros((), dtype=torch.float32, device=device)
