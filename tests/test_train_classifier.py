@@ -21,7 +21,7 @@ from fashion_attr.classifier.deact import DeactLoss, SyntheticBatch, make_deact
 from fashion_attr.classifier.export import load_exported_model
 from fashion_attr.classifier.task import ClassifierTask, StepTerms
 from fashion_attr.gan.export import load_generator
-from fashion_attr.runtime import NonFiniteLossError
+from fashion_attr.runtime import NonFiniteLossError, check_finite_weights
 from fashion_attr.steps import train_classifier
 from small_runs import CLF_SMALL, GAN_QUICK, run_classifier, run_evaluate, run_gan
 
@@ -385,6 +385,31 @@ def test_diverging_lr_raises_non_finite(demo_version: str, tmp_path: Path) -> No
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: loss_real="):
         _run(demo_version, tmp_path / "clf", None, "deact.enabled=false", "lr=1e30")
     assert not (tmp_path / "clf" / "model.pt").exists()
+
+
+def test_an_overflow_the_losses_never_showed_is_a_numerical_fault_not_a_user_error(
+    demo_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One step per epoch: the only logged loss is finite, the update overflows, and the
+    # first place the weights are read again is validation. That is exit 3 naming the
+    # learning rate, never exit 2 blaming the input.
+    code = train_classifier.main(
+        _argv(demo_version, tmp_path / "clf", "deact.enabled=false", "lr=1e30", "max_steps=1")
+    )
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "after step 1" in err or "by step 1" in err, err  # NaN scores or Inf weights
+    assert "lower train_classifier.lr" in err and "Traceback" not in err, err
+    assert not (tmp_path / "clf" / "model.pt").exists()
+
+
+def test_non_finite_weights_are_named() -> None:
+    net = torch.nn.Linear(2, 2)
+    check_finite_weights("train_x", net, 3, "lower lr")  # finite: nothing happens
+    with torch.no_grad():
+        net.bias[1] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite by step 3 \(bias\).*Fix: lower lr"):
+        check_finite_weights("train_x", net, 3, "lower lr")
 
 
 # ----------------------------------------------------------------------------- end to end

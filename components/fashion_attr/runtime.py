@@ -174,6 +174,28 @@ class NonFiniteLossError(RuntimeError):
     """A loss turned NaN or Inf; training stopped and nothing was exported."""
 
 
+def check_finite_weights(step_name: str, module: torch.nn.Module, step: int, fix: str) -> None:
+    """Raise :class:`NonFiniteLossError` when a parameter of ``module`` is NaN or Inf.
+
+    The guard sees the losses, which are computed *before* each update; an update that
+    overflows the weights (a learning rate far too high) shows only in the next forward
+    pass. This check runs where weights are read next (validation, export): one host sync.
+
+    Args:
+        step_name: the training step, for the message.
+        module: the network to check.
+        step: the last optimisation step, for the message.
+        fix: what to try, for the message.
+    """
+    for name, param in module.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise NonFiniteLossError(
+                f"{step_name}: the weights turned non-finite by step {step} ({name}), after an "
+                "update the logged losses did not show. Training stopped; nothing was exported "
+                f"and the last good checkpoint is kept. Fix: {fix}"
+            )
+
+
 class FiniteGuard:
     """Remembers the first step whose loss terms were not finite, without a host sync per step.
 

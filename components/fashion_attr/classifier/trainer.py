@@ -38,12 +38,13 @@ from fashion_attr.classifier.task import ClassifierTask
 from fashion_attr.config import ClassifierConfig, config_to_dict
 from fashion_attr.data.info import DatasetInfo
 from fashion_attr.data.loader import make_loader
-from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics
+from fashion_attr.evaluation.metrics import AttributeMetrics, CategoryMetrics, NaNScoresError
 from fashion_attr.results import TrainClassifierResult
 from fashion_attr.runtime import (
     DistContext,
     NonFiniteLossError,
     autocast,
+    check_finite_weights,
     init_distributed,
     resolve_device,
     use_bf16,
@@ -142,6 +143,7 @@ class ClassifierTrainer:
         self.epoch = 0
         self.best: float | None = None
         self.history: list[dict[str, float]] = []
+        self.last_step = 0  # the last optimisation step (for messages)
         self.deact_steps = 0
         self._pending_best: dict[str, Any] | None = None
 
@@ -154,6 +156,7 @@ class ClassifierTrainer:
 
     def train_step(self, batch: Any, step: int) -> dict[str, Tensor | None]:
         """One SGD step on a loader batch (plus a synthetic batch on Deact steps)."""
+        self.last_step = step
         images, targets, known, category = batch
         with record_function("fa.prepare_images"):
             x = prepare_images(
@@ -238,6 +241,7 @@ class ClassifierTrainer:
     # -- validation and export -------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         """Validation metrics on rank 0 (other ranks wait): small split, no sharding needed."""
+        check_finite_weights(self.name, self.model, self.last_step, self.fix)
         ctx, info, cfg = self.ctx, self.info, self.cfg
         result: dict[str, float] = {}
         if ctx.is_main and self.data is not None and info.split_count("val") > 0:
@@ -261,19 +265,25 @@ class ClassifierTrainer:
                 pin_memory=self.device.type == "cuda",
                 drop_last=False,
             )
-            predict_split(
-                self.model,
-                # gpu_decode is off: the images are decoded tensors, never lists of bytes
-                cast(Iterable[tuple[Tensor, Tensor, Tensor, Tensor]], loader),
-                device=self.device,
-                image_size=cfg.image_size,
-                mean=self.mean,
-                std=self.std,
-                attr_metrics=attr_m,
-                cat_metrics=cat_m,
-                bf16=self.bf16,
-                channels_last=self.channels_last,
-            )
+            try:
+                predict_split(
+                    self.model,
+                    # gpu_decode is off: the images are decoded tensors, never lists of bytes
+                    cast(Iterable[tuple[Tensor, Tensor, Tensor, Tensor]], loader),
+                    device=self.device,
+                    image_size=cfg.image_size,
+                    mean=self.mean,
+                    std=self.std,
+                    attr_metrics=attr_m,
+                    cat_metrics=cat_m,
+                    bf16=self.bf16,
+                    channels_last=self.channels_last,
+                )
+            except NaNScoresError as exc:  # finite losses, then an update overflowed
+                raise NonFiniteLossError(
+                    f"{self.name}: validation after step {self.last_step}: {exc} Training "
+                    f"stopped and nothing was exported. Fix: {self.fix}"
+                ) from exc
             if attr_m is not None:
                 result.update({k: float(v) for k, v in attr_m.compute().items()})
             if cat_m is not None:

@@ -63,6 +63,7 @@ __all__ = [
     "TAIL_GROUP",
     "AttributeMetrics",
     "CategoryMetrics",
+    "NaNScoresError",
     "PerImageStats",
     "average_precision",
     "metric_names",
@@ -73,6 +74,10 @@ __all__ = [
 ALL_GROUP = "all"
 #: Name of the pseudo-group holding the tail attributes.
 TAIL_GROUP = "tail"
+
+
+class NaNScoresError(ValueError):
+    """A model's scores hold NaN: the model diverged, or its input was corrupt."""
 
 
 def metric_names(
@@ -400,7 +405,7 @@ class AttributeMetrics:
         logits = logits if logits.dtype == torch.float64 else logits.float()
         if bool(torch.isnan(logits).any()):
             i, j = (int(v) for v in torch.isnan(logits).nonzero()[0].tolist())
-            raise ValueError(
+            raise NaNScoresError(
                 f"update #{batch}: attr_logits[{i}, {j}] is NaN; the model diverged or the "
                 "input is corrupt. Check the checkpoint and the batch's images."
             )
@@ -682,7 +687,7 @@ class CategoryMetrics:
             )
         if bool(torch.isnan(logits).any()):
             i, j = (int(v) for v in torch.isnan(logits).nonzero()[0].tolist())
-            raise ValueError(
+            raise NaNScoresError(
                 f"update #{batch}: cat_logits[{i}, {j}] is NaN; the model diverged or the "
                 "input is corrupt."
             )

@@ -51,6 +51,7 @@ from fashion_attr.runtime import (
     DistContext,
     NonFiniteLossError,
     autocast,
+    check_finite_weights,
     init_distributed,
     resolve_device,
     use_bf16,
@@ -207,6 +208,9 @@ class GanTrainer:
         Due every ``quality.every_epochs`` epochs and in the last ``quality.last_epochs``
         epochs of the run (the paper's protocol).
         """
+        for net in (self.G, self.D, self.G_ema):
+            if net is not None:  # an overflowed update shows in the weights, not the losses
+                check_finite_weights(self.name, net, step, self.fix)
         self.write_grids(epoch + 1)
         every = self.cfg.quality.every_epochs
         last = self.quality is not None and self.quality.in_last_epochs(epoch + 1)
@@ -351,6 +355,7 @@ def _train(
         flip=True,
     )
     done = loop.run()
+    check_finite_weights(trainer.name, trainer.exported, done.step, trainer.fix)
     if done.stopped_mid_epoch:
         trainer.write_grids(done.epoch)
     msc = trainer.objective.projection_correlation()
