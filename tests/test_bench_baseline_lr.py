@@ -63,6 +63,7 @@ def test_bad_arguments_name_the_flag(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains an MR-GAN and two classifiers end to end (about 45 s)
 def test_a_short_sweep_records_divergence_and_recommends_the_stable_rate(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
