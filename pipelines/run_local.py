@@ -343,7 +343,15 @@ def _failure(exc: BaseException, failures: list[tuple[str, int, str]], argv: Any
         task, code, message = failures[-1]
         what = f"the step {task} failed (exit {code}): {message}"
     else:
-        what = f"the pipeline failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
+        inner = re.search(r"Inner task failed: '([^']+)'", text)
+        if inner:  # the step printed no error of its own: it was killed
+            what = (
+                f"the step {inner.group(1)} ended without a message of its own: it was killed "
+                "(out of memory, or a kill -9?)"
+            )
+        else:
+            what = f"the pipeline failed: {text.splitlines()[0] if text else repr(exc)}"
     return (
         f"run_local: {what}\nEverything finished so far is kept. Fix the cause, then rerun the "
         f"same command to resume (finished steps are reused, training continues from its last "

@@ -151,3 +151,21 @@ def test_local_pipeline_run_leaks_no_secret(local_pipeline: LocalPipeline) -> No
     assert files >= 20 and len(kfp_files) >= 10
     assert seen["runs"] >= 5 and seen["params"] >= 20 and seen["versions"] == 1
     assert f"Registered model: {CANARY} version 1" in local_pipeline.stdout
+
+
+def test_a_killed_step_is_named_without_kfps_colour_codes() -> None:
+    # What kfp.local raises when a step's process was SIGKILLed (it printed no error line).
+    from pipelines.run_local import _failure
+
+    exc = RuntimeError(
+        "Pipeline \x1b[95m'fashion-attr-retraining'\x1b[0m finished with status "
+        "\x1b[91mFAILURE\x1b[0m. Inner task failed: \x1b[96m'gan-training'\x1b[0m inside "
+        "\x1b[96m'condition-3'\x1b[0m."
+    )
+    text = _failure(exc, [], ["--seed", "0"])
+    assert "\x1b" not in text
+    assert "the step gan-training ended without a message of its own: it was killed" in text
+    assert "rerun the same command to resume" in text and "run_local --seed 0" in text
+    # A step that printed its own error is quoted as it was.
+    text = _failure(exc, [("train_gan", 2, "bad config. Fix: x")], [])
+    assert "the step train_gan failed (exit 2): bad config. Fix: x" in text

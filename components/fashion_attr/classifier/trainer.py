@@ -281,7 +281,7 @@ class ClassifierTrainer:
                 )
             except NaNScoresError as exc:  # finite losses, then an update overflowed
                 raise NonFiniteLossError(
-                    f"{self.name}: validation after step {self.last_step}: {exc} Training "
+                    f"validation after step {self.last_step}: {exc} Training "
                     f"stopped and nothing was exported. Fix: {self.fix}"
                 ) from exc
             if attr_m is not None:
