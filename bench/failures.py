@@ -46,8 +46,51 @@ class Row:
     @property
     def ok(self) -> bool:
         """The documented exit code, a message naming the fix, no traceback."""
-        fix = any(w in self.message for w in ("Fix", "choose from", "Known:", "rerun the same"))
+        fix = any(
+            w in self.message.lower()
+            for w in ("fix", "choose from", "known:", "rerun the same", "for a cluster")
+        )
         return self.code == self.expected and not self.traceback and fix
+
+
+def _kill_newest_step(root: int) -> None:
+    """``kill -9`` the newest KFP executor process under ``root`` (the running step)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            todo.append(child)
+            try:
+                if b"executor_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+            except OSError:
+                continue
+    if found:
+        os.kill(max(found), signal.SIGKILL)
+
+
+def _fix_part(message: str) -> str:
+    """The part of ``message`` from its fix on (the whole message when it names none)."""
+    at = max(message.rfind("Fix:"), message.rfind("fix:"))
+    if at < 0:
+        return message
+    start = message.rfind(" ", 0, at - 1) + 1 if message[at] == "f" else at  # "Likely fix:"
+    return message[start:]
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` cut at the last word boundary before ``width``, with an ellipsis."""
+    if len(text) <= width:
+        return text
+    return text[:width].rsplit(" ", 1)[0] + " ..."
 
 
 def closed_port() -> int:
@@ -61,6 +104,7 @@ def run(
     argv: list[str],
     env: dict[str, str] | None = None,
     interrupt_after: Callable[[str], bool] | None = None,
+    interrupt: Callable[[int], None] | None = None,
 ) -> Row:
     """Run ``argv``; record exit code, wall time, and the last line that says what failed."""
     full_env = {
@@ -84,7 +128,7 @@ def run(
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))
         if interrupt_after is not None and interrupt_after(line):
-            os.killpg(proc.pid, signal.SIGINT)
+            (interrupt or (lambda pid: os.killpg(pid, signal.SIGINT)))(proc.pid)
             interrupt_after = None
     row.code = proc.wait()
     row.seconds = time.monotonic() - start
@@ -92,11 +136,22 @@ def run(
     said = [
         i
         for i, ln in enumerate(lines)
-        if any(w in ln for w in (": error:", ": failed:", "error:", "interrupted", "unknown var"))
+        if any(
+            w in ln
+            for w in (
+                ": error:",
+                ": failed:",
+                "error:",
+                "interrupted",
+                "unknown var",
+                "warning:",
+                "run_local:",
+            )
+        )
     ]
     first = said[-1] if said else max(len(lines) - 1, 0)
     block = " / ".join(ln.strip() for ln in lines[first : first + 4] if ln.strip())
-    row.message = block[:400]
+    row.message = block
     return row
 
 
@@ -224,6 +279,96 @@ def main() -> None:
             None,
         ),
     ]
+    # An object store that does not answer (validation checks it before any work).
+    scenarios.append(
+        (
+            Row("S3 endpoint unreachable (validation)", "preflight, AWS_ENDPOINT_URL closed", 3),
+            [
+                PY,
+                "-m",
+                "fashion_attr.orchestration.preflight",
+                "--storage-uri",
+                "s3://fa-bench",
+                "--source-uri",
+                demo,
+                "--preset",
+                "tiny",
+                "--no-mlflow",
+            ],
+            {
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench-secret",
+            },
+        )
+    )
+    # A DeepFashion-C copy with one malformed annotation line.
+    from fashion_attr.demo import generate_demo_dataset
+
+    dfc = work / "dfc"
+    generate_demo_dataset(dfc, images=40, seed=0)
+    bbox = dfc / "Anno" / "list_bbox.txt"
+    lines = bbox.read_text().splitlines()
+    lines[4] = lines[4].rsplit(" ", 2)[0] + " x y"  # two coordinates that are not numbers
+    bbox.write_text("\n".join(lines) + "\n")
+    scenarios.append(
+        (
+            Row("a malformed annotation line", "preprocess --source <DeepFashion-C copy>", 2),
+            [
+                PY,
+                "-m",
+                "fashion_attr.steps.preprocess",
+                "--source",
+                str(dfc),
+                "--dest",
+                str(work / "ds-bad"),
+                "--preset",
+                "tiny",
+                "--no-progress",
+            ],
+            None,
+        )
+    )
+    # A local compile with a bare tag: it works (kfp.local), and warns for a cluster.
+    scenarios.append(
+        (
+            Row("a bare `make compile` (tag, GPUs)", "make compile", 0),
+            [
+                PY,
+                "-m",
+                "pipelines.retraining",
+                "--image",
+                "fa:1",
+                "--output",
+                str(work / "bare.yaml"),
+            ],
+            None,
+        )
+    )
+    # A learning rate that makes the loss non-finite.
+    scenarios.append(
+        (
+            Row("a loss turns NaN (lr 1e30)", "train_classifier --set lr=1e30", 3),
+            [
+                PY,
+                "-m",
+                "fashion_attr.steps.train_classifier",
+                "--data",
+                data,
+                "--out",
+                str(work / "nan"),
+                "--preset",
+                "tiny",
+                "--set",
+                "lr=1e30",
+                "--set",
+                "deact.enabled=false",
+                "--set",
+                "max_steps=30",
+            ],
+            None,
+        )
+    )
     # Both checkpoints corrupt.
     corrupt = work / "g3"
     corrupt.mkdir()
@@ -279,6 +424,17 @@ def main() -> None:
         )
     )
     print(f"{rows[-1].failure}: exit {rows[-1].code} in {rows[-1].seconds:.1f} s", flush=True)
+    # kill -9 of the step's process (an OOM kill, a node lost) in a local run.
+    rows.append(
+        run(
+            Row("kill -9 of a step in make run", "run_local, SIGKILL of train_gan", 3),
+            [*local[:4], str(work / "local-kill"), *local[5:]],
+            None,
+            interrupt_after=lambda line: "train_gan: step" in line,
+            interrupt=_kill_newest_step,
+        )
+    )
+    print(f"{rows[-1].failure}: exit {rows[-1].code} in {rows[-1].seconds:.1f} s", flush=True)
 
     header = "| failure | command | exit | seconds | message (last line) |\n|---|---|---|---|---|"
     table = "\n".join(
@@ -289,6 +445,15 @@ def main() -> None:
     text = f"{header}\n{table}\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text)
+    # The short form for the README: the message cut at a word boundary.
+    short = "\n".join(
+        f"| {r.failure} | {r.code}{'' if r.ok else ' (!)'} | {r.seconds:.1f} | "
+        f"{_cut(_fix_part(r.message).replace('|', '/'), 110)} |"
+        for r in rows
+    )
+    (args.out / "summary.md").write_text(
+        f"| failure | exit | s | what the message says to do |\n|---|---|---|---|\n{short}\n"
+    )
     print("\n" + text)
     print(f"{sum(r.ok for r in rows)} of {len(rows)} as documented; table in {args.out}")
     shutil.rmtree(work, ignore_errors=True)
