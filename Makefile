@@ -56,7 +56,7 @@ MLFLOW_DB ?= $(CURDIR)/.local_pipeline/mlflow.db
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all test-slow test-containers lint typecheck format run compile image \
-	serve predict mlflow-ui bench clean
+	serve serve-image predict mlflow-ui bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -117,6 +117,15 @@ serve: $(STAMP) ## Serve the champion of `make run` (MODEL=..., PORT=5001) with 
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(MLFLOW_DB) \
 		MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false GIT_PYTHON_REFRESH=quiet \
 		$(PY) -m mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
+		--host 127.0.0.1 --port $(PORT)
+
+serve-image: ## Serve the champion of `make run` from the project image (IMAGE=, MODEL=, PORT=)
+	@test -f $(MLFLOW_DB) || { echo "no $(MLFLOW_DB): run 'make run' first"; exit 2; }
+	@# The work folder is mounted at its own path: the store records absolute artifact paths.
+	"$$($(ENGINE) docker)" run --rm --name fa-serve-$(PORT) --network host \
+		--user "$$(id -u):$$(id -g)" -e MLFLOW_TRACKING_URI=sqlite:///$(MLFLOW_DB) -e HOME=/tmp \
+		--mount type=bind,source=$(dir $(MLFLOW_DB)),target=$(dir $(MLFLOW_DB)) \
+		$(IMAGE) mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
 		--host 127.0.0.1 --port $(PORT)
 
 predict: $(STAMP) ## Classify PHOTO=path.jpg [BBOX=x1,y1,x2,y2] with the server of `make serve`

@@ -105,38 +105,20 @@ def _free_port() -> int:
 def test_serving_the_champion_from_the_image_answers_a_real_photo(
     docker_run: LocalPipeline,
 ) -> None:
-    work, port = docker_run.workdir, _free_port()
+    work, port, client = docker_run.workdir, _free_port(), _docker()
     name = f"fa-serve-{port}"
+    # The README's command, as a user runs it (the target's container is named fa-serve-PORT).
     server = subprocess.Popen(
         [
-            _docker(),
-            "run",
-            "--rm",
-            "--name",
-            name,
-            "--network",
-            "host",
-            "--user",
-            f"{os.getuid()}:{os.getgid()}",
-            "-e",
-            f"MLFLOW_TRACKING_URI=sqlite:///{work / 'mlflow.db'}",
-            "-e",
-            "HOME=/tmp",
-            "--mount",
-            f"type=bind,source={work},target={work}",
-            IMAGE,
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{CANARY}@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            "make",
+            "--no-print-directory",
+            "serve-image",
+            f"IMAGE={IMAGE}",
+            f"MLFLOW_DB={work / 'mlflow.db'}",
+            f"MODEL={CANARY}",
+            f"PORT={port}",
         ],
+        cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -162,5 +144,5 @@ def test_serving_the_champion_from_the_image_answers_a_real_photo(
         assert set(answer) == {"category", "category_prob", "attributes", "top_k"}
         assert answer["category"] and 0 < answer["category_prob"] <= 1
     finally:
-        subprocess.run([_docker(), "stop", name], capture_output=True, check=False)
+        subprocess.run([client, "stop", name], capture_output=True, check=False)
         server.wait(timeout=60)
