@@ -152,11 +152,15 @@ cmd_start() {
     if pid=$(our_pid); then
         if engine_answers; then
             say "dockerd already running (PID $pid, socket $ENGINE_SOCKET)"
+            find_client >/dev/null || install_packages
             return 0
         fi
     fi
     if engine_answers; then
         say "a Docker engine already answers on $ENGINE_SOCKET but was not started by this script; using it"
+        # Builds still need a BuildKit client (a bare 23+ client on PATH has no builder for
+        # RUN --mount): Debian's docker.io brings one.
+        find_client >/dev/null || install_packages
         return 0
     fi
     need_root "start"

@@ -14,15 +14,17 @@ version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' components/fashion_attr/__init
 image=${IMAGE:-fashion-attr:$version}
 started=0
 
-client=$($engine docker)
-if ! "$client" info >/dev/null 2>&1; then
+# No BuildKit client yet (a clean machine has only a bare docker 28 client, or none) or no
+# engine answering: `start` installs Debian's docker.io where needed and starts dockerd.
+if ! client=$($engine docker 2>/dev/null) || ! "$client" info >/dev/null 2>&1; then
   if ! $engine start; then
     echo "test-containers: error: no Docker engine answers and none could be started (see" \
       "the log above and /var/lib/fashion-attr-engine/dockerd.log). The containerized" \
       "checks did not run." >&2
     exit 1
   fi
-  started=1
+  started=1 # `stop` stops only a dockerd that `start` started itself
+  client=$($engine docker)
 fi
 stop_engine() { if [[ $started == 1 ]]; then $engine stop; fi; }
 trap stop_engine EXIT

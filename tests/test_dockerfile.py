@@ -499,3 +499,27 @@ def test_engine_accepts_only_clients_that_build_with_buildkit(tmp_path: Path) ->
     for client, ok in ((debian, True), (bare, False), (plugin, True), (tmp_path / "none", False)):
         proc = engine(f'client_ok "{client}"')
         assert (proc.returncode == 0) == ok, (client, proc.stderr)
+
+
+def test_engine_start_installs_a_buildkit_client_when_only_a_bare_one_is_there() -> None:
+    # A clean CI machine has a bare docker 28 client and no builder (the CI failure of stop
+    # 24): `start` must install Debian's docker.io even when some engine already answers.
+    stubs = (
+        "engine_answers() { return 0; }; our_pid() { return 1; }; "
+        'install_packages() { echo INSTALLED; }; find_client() { [ -n "${HAVE:-}" ]; }; '
+    )
+    proc = engine(stubs + "cmd_start")
+    assert proc.returncode == 0, proc.stderr
+    assert "INSTALLED" in proc.stdout
+    proc = engine(stubs + "cmd_start", HAVE="1")
+    assert proc.returncode == 0 and "INSTALLED" not in proc.stdout
+
+
+def test_test_containers_starts_the_engine_when_no_buildkit_client_is_found() -> None:
+    # scripts/test-containers.sh must not stop at `container-engine.sh docker` failing: that
+    # failure is what `start` (which installs docker.io) repairs.
+    text = (ROOT / "scripts" / "test-containers.sh").read_text()
+    docker_at = text.index("$engine docker 2>/dev/null)")
+    start_at = text.index("$engine start")
+    assert re.search(r"if ! client=\$\(\$engine docker 2>/dev/null\) \|\|", text)
+    assert docker_at < start_at < text.index("client=$($engine docker)\nfi")
