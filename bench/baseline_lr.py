@@ -42,11 +42,10 @@ from fashion_attr.config import (
     ClassifierConfig,
     EvaluateConfig,
     GanConfig,
-    PreprocessConfig,
     load_config,
 )
 from fashion_attr.runtime import NonFiniteLossError
-from fashion_attr.steps import evaluate, preprocess, train_classifier, train_gan
+from fashion_attr.steps import evaluate, train_classifier, train_gan
 
 SCRIPT = "baseline_lr"
 SELECT = "attr_recall@3/all"
@@ -138,16 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fa-lr-"))
-    from fashion_attr.demo.sources import demo_uri
-
-    source = args.source or demo_uri(args.images, args.demo_seed)
-    ingest = preprocess.run(
-        load_config(PreprocessConfig, preset=args.preset, overrides=["workers=2"]),
-        str(work / "datasets"),
-        source=source,
-        progress=False,
-    )
-    log.print(f"# source {source}: version {ingest.version} ({ingest.counts})")
+    data_uri = common.demo_dataset(args.source, args.images, args.demo_seed, args.preset, work, log)
     generator = None
     if args.deact:
         gan_cfg = load_config(
@@ -156,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides=[f"device={args.device}", "quality.enabled=false"],
         )
         with common.timer() as t:
-            gan = train_gan.run(gan_cfg, ingest.uri, str(work / "gan"))
+            gan = train_gan.run(gan_cfg, data_uri, str(work / "gan"))
         generator = gan.generator
         log.print(f"# MR-GAN for Deact: {gan.steps} steps ({t['s']:.0f} s)")
     dev = [f"device={args.device}"]
@@ -185,15 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row: dict = {"loss": loss, "lr": lr, "seed": seed, "diverged": 0}
                 with common.timer() as t:
                     try:
-                        clf = train_classifier.run(
-                            cfg, ingest.uri, str(run_dir), generator=generator
-                        )
+                        clf = train_classifier.run(cfg, data_uri, str(run_dir), generator=generator)
                     except NonFiniteLossError as exc:
                         row["diverged"] = 1
                         log.progress(f"{loss} lr {lr:g} seed {seed}: diverged ({exc})")
                     else:
                         for split, ecfg in eval_cfgs.items():
-                            ev = evaluate.run(ecfg, clf.model, ingest.uri, str(run_dir / split))
+                            ev = evaluate.run(ecfg, clf.model, data_uri, str(run_dir / split))
                             for k in METRICS:
                                 row[f"{split} {k}"] = ev.metrics.get(k, float("nan"))
                 row["wall_s"] = t["s"]

@@ -526,6 +526,39 @@ class RunLog:
         path.write_text(f"# {title}\n\n{self.meta_markdown()}\n\n{body}\n")
 
 
+def demo_dataset(
+    source: str | None, images: int, seed: int, preset: str, work: Path, log: RunLog
+) -> str:
+    """Ingest ``source`` (default: the demo catalog of ``images`` at ``seed``); its version URI.
+
+    The ingest every demo-catalog benchmark starts with, two workers, no progress bar.
+
+    Args:
+        source: A DeepFashion-C root or ``demo://`` URI; ``None`` for the demo catalog.
+        images: Demo catalog size.
+        seed: Demo catalog seed.
+        preset: The preset whose preprocess config is used.
+        work: The bench's scratch folder (the dataset goes to ``work/datasets``).
+        log: Where the version and its counts are printed.
+
+    Returns:
+        The dataset version's URI.
+    """
+    from fashion_attr.config import PreprocessConfig, load_config
+    from fashion_attr.demo.sources import demo_uri
+    from fashion_attr.steps import preprocess
+
+    source = source or demo_uri(images, seed)
+    ingest = preprocess.run(
+        load_config(PreprocessConfig, preset=preset, overrides=["workers=2"]),
+        str(work / "datasets"),
+        source=source,
+        progress=False,
+    )
+    log.print(f"# source {source}: version {ingest.version} ({ingest.counts})")
+    return ingest.uri
+
+
 def batch_indices(n: int, steps: int, batch: int, seed: int, device: torch.device) -> torch.Tensor:
     """Index batches that sweep the ``n`` training images epoch by epoch.
 

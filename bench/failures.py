@@ -183,38 +183,20 @@ def main() -> None:
     gan += ["--set", "max_steps=2", "--set", "quality.enabled=false"]
     mlflow_down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
 
+    def preflight(storage: str, preset: str, *extra: str) -> list[str]:
+        """The validation task's check, as a user runs it, on the demo source."""
+        cmd = [PY, "-m", "fashion_attr.orchestration.preflight", "--storage-uri", storage]
+        return [*cmd, "--source-uri", demo, "--preset", preset, *extra]
+
     scenarios: list[tuple[Row, list[str], dict[str, str] | None]] = [
         (
             Row("a typo in an override", "preflight --classifier-overrides epochz=1", 2),
-            [
-                PY,
-                "-m",
-                "fashion_attr.orchestration.preflight",
-                "--storage-uri",
-                str(work / "s"),
-                "--source-uri",
-                demo,
-                "--preset",
-                "tiny",
-                "--classifier-overrides",
-                "epochz=1",
-                "--no-mlflow",
-            ],
+            preflight(str(work / "s"), "tiny", "--classifier-overrides", "epochz=1", "--no-mlflow"),
             None,
         ),
         (
             Row("MLflow unreachable (validation)", "preflight, MLFLOW_TRACKING_URI closed", 3),
-            [
-                PY,
-                "-m",
-                "fashion_attr.orchestration.preflight",
-                "--storage-uri",
-                str(work / "s"),
-                "--source-uri",
-                demo,
-                "--preset",
-                "tiny",
-            ],
+            preflight(str(work / "s"), "tiny"),
             mlflow_down,
         ),
         (
@@ -224,18 +206,7 @@ def main() -> None:
         ),
         (
             Row("a paper preset without its weights", "preflight --preset paper", 2),
-            [
-                PY,
-                "-m",
-                "fashion_attr.orchestration.preflight",
-                "--storage-uri",
-                str(work / "s"),
-                "--source-uri",
-                demo,
-                "--preset",
-                "paper",
-                "--no-mlflow",
-            ],
+            preflight(str(work / "s"), "paper", "--no-mlflow"),
             {"TORCH_HOME": str(work / "no-torch-home")},
         ),
         (
@@ -283,18 +254,7 @@ def main() -> None:
     scenarios.append(
         (
             Row("S3 endpoint unreachable (validation)", "preflight, AWS_ENDPOINT_URL closed", 3),
-            [
-                PY,
-                "-m",
-                "fashion_attr.orchestration.preflight",
-                "--storage-uri",
-                "s3://fa-bench",
-                "--source-uri",
-                demo,
-                "--preset",
-                "tiny",
-                "--no-mlflow",
-            ],
+            preflight("s3://fa-bench", "tiny", "--no-mlflow"),
             {
                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                 "AWS_ACCESS_KEY_ID": "bench",

@@ -36,10 +36,9 @@ from fashion_attr.config import (
     ClassifierConfig,
     EvaluateConfig,
     GanConfig,
-    PreprocessConfig,
     load_config,
 )
-from fashion_attr.steps import evaluate, preprocess, train_classifier, train_gan
+from fashion_attr.steps import evaluate, train_classifier, train_gan
 
 SCRIPT = "whole_images"
 METRICS = ("cat_top1_acc", "cat_top3_acc", "attr_recall@3/all", "map/all")
@@ -102,22 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fa-whole-"))
-    from fashion_attr.demo.sources import demo_uri
-
     if args.data:
         data_uri = args.data
         log.print(f"# dataset version {data_uri} (reused)")
     else:
-        ingest = preprocess.run(
-            load_config(PreprocessConfig, preset=args.preset, overrides=["workers=2"]),
-            str(work / "datasets"),
-            source=demo_uri(args.images, args.demo_seed),
-            progress=False,
-        )
-        data_uri = ingest.uri
-        log.print(
-            f"# demo catalog: {args.images} images, version {ingest.version} ({ingest.counts})"
-        )
+        data_uri = common.demo_dataset(None, args.images, args.demo_seed, args.preset, work, log)
     if args.generator:
         generator = args.generator
         log.print(f"# MR-GAN for Deact: {generator} (reused)")
