@@ -130,3 +130,75 @@ def test_the_heartbeat_keeps_a_long_step_s_lease_alive(tmp_path: Path) -> None:
     record = json.loads(storage.read_text(storage.join(out, LEASE_NAME)))
     assert record["expires"] > time.time() and record["holder"].endswith(f":{os.getpid()}")
     lease.release()
+
+
+def test_a_new_lease_is_never_seen_half_written_and_its_tag_is_the_written_one(
+    out: str,
+) -> None:
+    """create/replace return the tag of their own write, as read_tagged then reads it.
+
+    The old local create made the file (O_EXCL) and wrote it after: a waiter reading in
+    between saw an empty lease, took it over as unreadable, and the creator then read the
+    waiter's tag as its own, so both held the lease.
+    """
+    uri = storage.join(out, LEASE_NAME)
+    tag = storage.create_exclusive(uri, b'{"owner": "a"}')
+    assert tag is not None and storage.read_tagged(uri) == (b'{"owner": "a"}', tag)
+    assert storage.create_exclusive(uri, b"{}") is None
+    assert storage.replace_if_tagged(uri, b"x", "not-its-tag") is None
+    new = storage.replace_if_tagged(uri, b'{"owner": "b"}', tag)
+    assert new is not None and new != tag
+    assert storage.read_tagged(uri) == (b'{"owner": "b"}', new)
+
+
+def test_racing_creates_leave_one_holder_every_time(tmp_path: Path) -> None:
+    """Two runs starting together on a fresh folder, 20 times: always exactly one holder."""
+    for round_ in range(20):
+        out = str(tmp_path / f"o{round_}")
+        held: list[str] = []
+        barrier = threading.Barrier(2)
+
+        def contend(
+            name: str,
+            out: str = out,
+            held: list[str] = held,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
+            lease = OutputLease(out, name, ttl_s=30, poll_s=0.02)
+            barrier.wait()
+            try:
+                lease.acquire(timeout_s=0.15)
+            except TimeoutError:
+                return
+            held.append(name)
+            time.sleep(0.3)  # past the other's timeout
+            lease.release()
+
+        threads = [threading.Thread(target=contend, args=(n,)) for n in ("a", "b")]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=20)
+        assert len(held) == 1, (round_, held)
+    assert not list(tmp_path.glob("*/.*.new")), "no temporary lease file is left behind"
+
+
+def test_a_lease_lost_to_another_run_fails_the_holder_and_keeps_the_other_s(
+    tmp_path: Path,
+) -> None:
+    out = str(tmp_path / "o")
+    uri = storage.join(out, LEASE_NAME)
+    lease = OutputLease(out, "run-1", ttl_s=0.3)
+    lease.acquire()
+    taken = json.dumps({"owner": "run-2", "holder": "elsewhere:1", "expires": time.time() + 60})
+    storage.write_text(uri, taken)  # another run took it over (this one looked paused)
+    time.sleep(0.5)  # a heartbeat finds it
+    with pytest.raises(LeaseLostError, match="Fix: rerun"):
+        lease.release()
+    assert json.loads(storage.read_text(uri))["owner"] == "run-2"
+    # As a context manager the step's own error wins over the lost lease.
+    other = OutputLease(str(tmp_path / "p"), "run-1", ttl_s=0.3)
+    with pytest.raises(KeyError), other:
+        storage.write_text(storage.join(str(tmp_path / "p"), LEASE_NAME), taken)
+        time.sleep(0.5)
+        raise KeyError("the step's own failure")

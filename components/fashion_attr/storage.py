@@ -558,26 +558,46 @@ def _precondition_failed(exc: Exception) -> bool:
     }
 
 
-def create_exclusive(uri: str | os.PathLike[str], data: bytes) -> bool:
-    """Write ``data`` only if nothing exists at ``uri``; True if this call created it."""
+def _local_tag(st: os.stat_result) -> str:
+    """The tag of a local file: it changes with every replacement (new inode) or write."""
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+def create_exclusive(uri: str | os.PathLike[str], data: bytes) -> str | None:
+    """Write ``data`` only if nothing exists at ``uri``.
+
+    The file appears complete or not at all (locally: written beside it, then hard-linked
+    into place, which fails if the name exists), so a reader never sees it half-written.
+
+    Returns:
+        The new file's tag (as :func:`read_tagged` gives it) if this call created it, else
+        None.
+    """
     uri = str(uri)
     if not is_s3(uri):
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _file_mode())
+            os.chmod(fd, _FILE_MODE)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                tag = _local_tag(os.fstat(fh.fileno()))  # a link keeps inode, mtime, size
+            os.link(tmp, path)
         except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return True
+            return None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return tag
     bucket, key = split_s3(uri)
     try:
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        return True
+        response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return str(response["ETag"])
     except Exception as exc:
         if _precondition_failed(exc):
-            return False
+            return None
         reraise(uri, exc)
         raise
 
@@ -589,7 +609,7 @@ def read_tagged(uri: str | os.PathLike[str]) -> tuple[bytes, str] | None:
         try:
             with open(uri, "rb") as fh:
                 st = os.fstat(fh.fileno())
-                return fh.read(), f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+                return fh.read(), _local_tag(st)
         except FileNotFoundError:
             return None
     bucket, key = split_s3(uri)
@@ -604,8 +624,13 @@ def read_tagged(uri: str | os.PathLike[str]) -> tuple[bytes, str] | None:
         raise
 
 
-def replace_if_tagged(uri: str | os.PathLike[str], data: bytes, tag: str) -> bool:
-    """Replace ``uri`` with ``data`` only if it still has ``tag``; True if it was replaced."""
+def replace_if_tagged(uri: str | os.PathLike[str], data: bytes, tag: str) -> str | None:
+    """Replace ``uri`` with ``data`` only if it still has ``tag``.
+
+    Returns:
+        The replacement's tag if it was replaced (taken from the write itself, never from a
+        second read that another writer could get in before), else None.
+    """
     uri = str(uri)
     if not is_s3(uri):
         lock = Path(f"{uri}.lock")
@@ -613,16 +638,16 @@ def replace_if_tagged(uri: str | os.PathLike[str], data: bytes, tag: str) -> boo
             fcntl.flock(guard, fcntl.LOCK_EX)
             current = read_tagged(uri)
             if current is None or current[1] != tag:
-                return False
+                return None
             with atomic_local_write(uri) as fh:
                 fh.write(data)
-            return True
+            return _local_tag(os.stat(uri))  # under the lock: no other writer in between
     bucket, key = split_s3(uri)
     try:
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=tag)
-        return True
+        response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=tag)
+        return str(response["ETag"])
     except Exception as exc:
         if _precondition_failed(exc):
-            return False
+            return None
         reraise(uri, exc)
         raise

@@ -84,6 +84,7 @@ class OutputLease:
         self._tag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lost: LeaseLostError | None = None
         self.waited = False
 
     def _record(self) -> bytes:
@@ -109,8 +110,8 @@ class OutputLease:
         """
         deadline = None if timeout_s is None else self.clock() + timeout_s
         while True:
-            if storage.create_exclusive(self.uri, self._record()):
-                self._tag = self._current_tag()
+            self._tag = storage.create_exclusive(self.uri, self._record())
+            if self._tag is not None:
                 break
             current = storage.read_tagged(self.uri)
             if current is None:
@@ -121,10 +122,12 @@ class OutputLease:
             except ValueError:
                 record = {}  # a torn or foreign file: treat as expired
             reason = self._takeover_reason(record) if record else "it was unreadable"
-            if reason is not None and storage.replace_if_tagged(self.uri, self._record(), tag):
-                log.info("took over the lease %s: %s", self.uri, reason)
-                self._tag = self._current_tag()
-                break
+            if reason is not None:
+                self._tag = storage.replace_if_tagged(self.uri, self._record(), tag)
+                if self._tag is not None:
+                    log.info("took over the lease %s: %s", self.uri, reason)
+                    break
+                continue  # another waiter changed it first: look again
             if reason is None:
                 if not self.waited and self.on_wait is not None:
                     self.on_wait(record)
@@ -136,12 +139,9 @@ class OutputLease:
                     )
                 time.sleep(self.poll_s)
         self._stop.clear()
+        self._lost = None
         self._thread = threading.Thread(target=self._heartbeat, name="lease", daemon=True)
         self._thread.start()
-
-    def _current_tag(self) -> str | None:
-        current = storage.read_tagged(self.uri)
-        return current[1] if current is not None else None
 
     def renew(self) -> None:
         """Push the expiry forward.
@@ -149,34 +149,57 @@ class OutputLease:
         Raises:
             LeaseLostError: another run took the lease over meanwhile.
         """
-        if self._tag is None or not storage.replace_if_tagged(self.uri, self._record(), self._tag):
-            raise LeaseLostError(f"{self.uri}: the lease was taken over by another run")
-        self._tag = self._current_tag()
+        tag = None
+        if self._tag is not None:
+            tag = storage.replace_if_tagged(self.uri, self._record(), self._tag)
+        if tag is None:
+            raise LeaseLostError(
+                f"{self.uri}: another run took the lease over while this one held it (this "
+                f"run stopped renewing it for over {self.ttl_s:g} s: a paused process or a "
+                "storage outage), so both may have written into the folder. Fix: rerun; the "
+                "rerun resumes from the last good checkpoint or reuses the other run's result"
+            )
+        self._tag = tag
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             try:
                 self.renew()
             except LeaseLostError as exc:
-                log.error("%s; this attempt's outputs may be overwritten", exc)
+                # Not swallowed: release() raises it, so the step fails instead of
+                # reporting a result from a folder another run now owns.
+                log.error("%s", exc)
+                self._lost = exc
                 return
             except Exception as exc:  # a storage hiccup: the next beat tries again
                 log.warning("renewing %s failed: %s", self.uri, exc)
 
     def release(self) -> None:
-        """Stop renewing and remove the lease if this run still holds it."""
+        """Stop renewing and remove the lease if this run still holds it.
+
+        Raises:
+            LeaseLostError: the heartbeat found the lease taken over by another run (the
+                other run's lease is left in place).
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        lost, self._lost = self._lost, None
         current = storage.read_tagged(self.uri)
-        if current is not None and current[1] == self._tag:
+        if lost is None and current is not None and current[1] == self._tag:
             storage.delete(self.uri)
         self._tag = None
+        if lost is not None:
+            raise lost
 
     def __enter__(self) -> OutputLease:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.release()
+        except LeaseLostError:
+            if exc_type is None:  # the step's own error, if any, is the one to report
+                raise
