@@ -409,6 +409,7 @@ class FakeCustomObjects:
         self.read_errors: list[Exception] = []
         self.create_error: Exception | None = None
         self.create_kwargs: list[dict[str, Any]] = []
+        self.delete_kwargs: list[dict[str, Any]] = []
         self.crds = {"trainjobs.trainer.kubeflow.org": crd} if crd is not None else {}
         self.crd_errors: list[Exception] = []
 
@@ -467,6 +468,7 @@ class FakeCustomObjects:
         self, group: str, version: str, namespace: str, plural: str, name: str, **kw: Any
     ) -> None:
         self.calls.append(("delete", name))
+        self.delete_kwargs.append(kw)
         assert kw.get("propagation_policy") == "Foreground"
         if self.objects.pop(self._key(group, namespace, plural, name), None) is None:
             raise api_error(404)
@@ -997,6 +999,8 @@ def test_sigterm_deletes_the_job_the_launcher_waits_for(
         run_gan(api)
     assert api.count("create") == 1 and api.count("delete") == 1
     assert api.objects == {}
+    # Bounded: an API server that does not answer must not hold the launcher past Argo's kill.
+    assert 0 < api.delete_kwargs[0]["_request_timeout"] <= 2
 
 
 def test_the_pipeline_run_reaches_the_training_pods(

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from fashion_attr.cluster.jobs import JobKind, Step, job_name_for, render_job
+from fashion_attr.cluster.jobs import PART_OF, JobKind, Step, job_name_for, render_job
 from fashion_attr.cluster.kube import (
     APIS,
     OPERATORS,
@@ -60,11 +60,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: The label selector of every job the launcher renders (cluster.jobs.PART_OF).
+PART_OF_SELECTOR = ",".join(f"{k}={v}" for k, v in PART_OF.items())
 #: The launcher's variables the training pods get too (the pipeline run the step's MLflow
 #: run nests under).
-#: The label every job the launcher renders carries (cluster.jobs.PART_OF).
-PART_OF_SELECTOR = "app.kubernetes.io/part-of=fashion-attr-pipeline"
 PROPAGATED_ENV = ("FA_PIPELINE_RUN", "FA_MLFLOW_PARENT_RUN_ID")
+#: Seconds the SIGTERM path gives its delete request: Argo's emissary exits about a second
+#: after the launcher's process group got SIGTERM, and the container with it.
+SIGTERM_DELETE_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -443,7 +446,13 @@ def run_step_on_cluster(
         name = job["metadata"]["name"]
         logger.warning("stopping: deleting %s %s/%s", spec.kind, namespace, name)
         try:
-            delete_job(api if api is not None else default_api(), spec, namespace, name)
+            delete_job(
+                api if api is not None else default_api(),
+                spec,
+                namespace,
+                name,
+                timeout_s=SIGTERM_DELETE_TIMEOUT_S,
+            )
         except Exception as exc:  # the ownerReference is the backstop
             logger.error("could not delete %s %s: %s (its ownerReference still ties it to "
                          "this pod)", spec.kind, name, exc)  # fmt: skip
@@ -471,9 +480,7 @@ def reap_orphans(
     deleted = []
     for spec in APIS.values():
         try:
-            jobs = list_jobs(
-                api, spec, namespace, "app.kubernetes.io/part-of=fashion-attr-pipeline"
-            )
+            jobs = list_jobs(api, spec, namespace, PART_OF_SELECTOR)
         except Exception as exc:  # the API (CRD) is not installed, or not ours to list
             logger.info("no %s to reap in %s (%s)", spec.plural, namespace, status_of(exc) or exc)
             continue

@@ -474,7 +474,7 @@ def registration(
             data=data.uri,
             evaluate_config=config(EvaluateConfig, preset),
             dataset_version=trained.dataset_version,
-            code_version=os.environ.get("FA_CODE_VERSION") or code_version(),
+            code_version=code_version(),
             reports=[*scored.files, trained.metrics_log],
             lineage_tags={TRAINING_KEY_TAG: training_key},
             per_attribute=scored.per_attribute,
