@@ -187,7 +187,13 @@ def check_finite_weights(step_name: str, module: torch.nn.Module, step: int, fix
         step: the last optimisation step, for the message.
         fix: what to try, for the message.
     """
-    for name, param in module.named_parameters():
+    params = list(module.named_parameters())
+    if not params:
+        return
+    # One host sync for the whole network; the per-parameter walk runs only on failure.
+    if bool(torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).all()):
+        return
+    for name, param in params:
         if not bool(torch.isfinite(param).all()):
             raise NonFiniteLossError(
                 f"{step_name}: the weights turned non-finite by step {step} ({name}), after an "
