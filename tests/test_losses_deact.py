@@ -188,6 +188,15 @@ def test_noise_control_needs_no_generator_and_matches_the_real_batch():
     assert deact.modules() == [] and deact.form == "log_softmax" and not deact.centered
     with pytest.raises(ValueError, match="needs a generator"):
         DeactLoss(None, _memory(), sigma_p=0, threshold=-4.6, image_size=8, mean=(0.5,), std=(0.5,))
+    # A misspelled form or a contradicting legacy flag fails when the loss is built, not at
+    # the first Deact step of a run.
+    noise = {"source": "noise", "sigma_p": 0, "threshold": -4.6, "image_size": 8}
+    with pytest.raises(ValueError, match="'form' is 'centred'; expected one of"):
+        DeactLoss(None, _memory(), mean=(0.5,), std=(0.5,), form="centred", **noise)
+    with pytest.raises(ValueError, match="contradicts"):
+        DeactLoss(None, _memory(), mean=(0.5,), std=(0.5,), form="raw", centered=True, **noise)
+    legacy = DeactLoss(None, _memory(), mean=(0.5,), std=(0.5,), centered=False, **noise)
+    assert legacy.form == "raw"
 
 
 def test_noise_source_from_config_loads_no_generator():

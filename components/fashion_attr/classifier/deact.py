@@ -31,7 +31,7 @@ from fashion_attr.data.info import DatasetInfo
 from fashion_attr.gan.export import load_generator
 from fashion_attr.gan.networks import MRGenerator, make_condition
 from fashion_attr.hardness import HardLabelMemory, default_positives_per_image
-from fashion_attr.losses import DEFAULT_FORM, DeactForm, synthetic_complementary_loss
+from fashion_attr.losses import DeactForm, resolve_deact_form, synthetic_complementary_loss
 
 __all__ = ["DeactLoss", "SyntheticBatch", "deact_from_generator", "make_deact"]
 
@@ -90,9 +90,8 @@ class DeactLoss:
                 "DeactLoss: source='generator' needs a generator; pass the trained MR-GAN "
                 "generator, or source='noise' for the no-generator control."
             )
-        if centered is not None:
-            form = "centered" if centered else "raw"
-        self.form: str = form or DEFAULT_FORM
+        # Checked here, not at the first Deact step: a misspelled form fails at start-up.
+        self.form: str = resolve_deact_form(form, centered, "DeactLoss")
         self.source = source
         self.generator = None if generator is None else generator.eval().requires_grad_(False)
         self.memory = memory

@@ -80,6 +80,7 @@ from fashion_attr.losses.deactivation import (
     DeactForm,
     deact_binary_loss,
     deact_multiclass_loss,
+    resolve_deact_form,
     synthetic_complementary_loss,
 )
 from fashion_attr.losses.decorrelation import decorrelation_loss, mean_squared_cosine
@@ -118,6 +119,7 @@ __all__ = [
     "mean_squared_cosine",
     "node_hardness",
     "ohem_loss",
+    "resolve_deact_form",
     "synthetic_complementary_loss",
     "wce_pos_weight",
     "weighted_ce_a_loss",

@@ -57,6 +57,7 @@ __all__ = [
     "DeactForm",
     "deact_binary_loss",
     "deact_multiclass_loss",
+    "resolve_deact_form",
     "synthetic_complementary_loss",
 ]
 
@@ -70,8 +71,12 @@ DEACT_FORMS: tuple[str, ...] = get_args(DeactForm)
 DEFAULT_FORM: DeactForm = "centered"
 
 
-def _resolve_form(form: str | None, centered: bool | None, where: str) -> DeactForm:
-    """``form``, or the legacy ``centered`` flag (True: centered, False: raw)."""
+def resolve_deact_form(form: str | None, centered: bool | None, where: str) -> DeactForm:
+    """``form``, or the legacy ``centered`` flag (True: centered, False: raw), checked.
+
+    Raises:
+        ValueError: an unknown form, or a ``centered`` flag that contradicts ``form``.
+    """
     if centered is not None:
         legacy = "centered" if centered else "raw"
         if form is not None and form != legacy:
@@ -144,7 +149,7 @@ def deact_multiclass_loss(
             f"deact_multiclass_loss: argument 'cat_logits' has shape {tuple(cat_logits.shape)}; "
             "expected [M', C] with C >= 1 (synthetic batch x categories)."
         )
-    form = _resolve_form(form, centered, "deact_multiclass_loss")
+    form = resolve_deact_form(form, centered, "deact_multiclass_loss")
     s = cat_logits.float()
     with fp32_region(s.device):
         if form == "centered":
@@ -198,7 +203,7 @@ def synthetic_complementary_loss(
             "synthetic_complementary_loss: both 'attr_logits' and 'cat_logits' are None; pass "
             "the classifier's logits on the synthetic batch for at least one head."
         )
-    form = _resolve_form(form, centered, "synthetic_complementary_loss")
+    form = resolve_deact_form(form, centered, "synthetic_complementary_loss")
     some = attr_logits if attr_logits is not None else cat_logits
     assert some is not None  # one of the two, checked above
     device = some.device
