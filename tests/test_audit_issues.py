@@ -151,3 +151,29 @@ def test_unknown_and_unlabelled_records_are_never_judged():
     assert not {5, 6} & {i.record.index for i in search.issues}
     y, known = label_matrix(records, len(ATTRS))
     assert not known[5].any() and not known[6].any() and y[5].sum() == 0
+
+
+def test_the_rebuilt_memory_uses_the_champion_s_momentum():
+    """The audit rebuilds the hard-label memory with the momentum the champion trained with
+    (deact.memory_momentum), not a fixed 0.5."""
+    import numpy as np
+    from fashion_attr.audit.scoring import Champion
+    from fashion_attr.audit.tags import memory_from_predictions
+
+    rng = np.random.default_rng(0)
+    n, n_cat, n_attr = 8, 3, 4
+    args = (
+        rng.dirichlet(np.ones(n_cat), n).astype(np.float32),
+        rng.random((n, n_attr), dtype=np.float32),
+        list(rng.integers(0, n_cat, n)),
+        (rng.random((n, n_attr)) > 0.5).astype(np.float32),
+        np.ones((n, n_attr), np.float32),
+    )
+    slow = memory_from_predictions(*args, gamma=1.2, momentum=0.9, batch_size=2)
+    fast = memory_from_predictions(*args, gamma=1.2, momentum=0.5, batch_size=2)
+    assert slow.momentum == 0.9 and fast.momentum == 0.5
+    assert not np.allclose(slow.attr_scores.numpy(), fast.attr_scores.numpy())
+    meta = {"config": {"deact": {"memory_momentum": 0.8}, "loss": {"gamma": 2.0}}}
+    champion = Champion(uri="m.pt", net=None, meta=meta, device="cpu")  # type: ignore[arg-type]
+    assert (champion.memory_momentum, champion.gamma) == (0.8, 2.0)
+    assert Champion(uri="m.pt", net=None, meta={}, device="cpu").memory_momentum == 0.5  # type: ignore[arg-type]

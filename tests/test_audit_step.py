@@ -129,6 +129,25 @@ def test_the_audit_writes_its_files_beside_the_version(folded, capsys):
     assert result["metrics"]["audit/label_issues"] == len(issues)
 
 
+def test_an_unusable_training_checkpoint_is_named_and_the_memory_rebuilt(folded, capsys, tmp_path):
+    """A torn checkpoint.pt beside the champion: the audit goes on, and says why."""
+    import shutil
+
+    champion = tmp_path / "champion" / "model.pt"
+    champion.parent.mkdir()
+    shutil.copy(folded["champion"], champion)
+    (champion.parent / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    dest = tmp_path / "datasets"
+    shutil.copytree(folded["dest"], dest)
+    data = str(dest / Path(folded["ingest"].uri).name)
+    rc, result, err = _cli(capsys, "--data", data, "--base", folded["base"], "--champion", champion)
+    assert rc == 0, err
+    assert f"audit: warning: {champion.parent / 'checkpoint.pt'} not usable" in err
+    queue = [json.loads(x) for x in Path(result["files"]["to_label"]).read_text().splitlines()]
+    assert queue[0]["hardness"].startswith("rebuilt from the champion on")
+    assert "checkpoint.pt not usable" in queue[0]["hardness"]
+
+
 def test_exclude_and_downweight_publish_versions_that_say_what_they_left_out(folded):
     ing, dest = folded["ingest"], folded["dest"]
     cfg = load_config(AuditConfig, overrides=["label_issues=exclude"])

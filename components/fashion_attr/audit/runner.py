@@ -204,13 +204,18 @@ def _memory(
 
     folder = champion.uri.rsplit("/", 1)[0] if "/" in champion.uri else "."
     checkpoint = storage.join(folder, CHECKPOINT_NAME)
+    why = ""
     try:
         if storage.exists(checkpoint):
             memory = memory_from_checkpoint(load_artifact(checkpoint), n_attr, n_cat)
             if memory is not None:
                 return memory, f"the hard-label memory of {checkpoint}"
-    except (ValueError, RuntimeError, OSError):
-        pass  # another layout or an unreadable file: rebuild below
+    except (ValueError, RuntimeError, OSError) as exc:
+        # Another layout or an unreadable file: the audit goes on with a rebuilt memory,
+        # and says why (the report shows the memory's source).
+        why = f" ({checkpoint} not usable: {exc})"
+        print(f"audit: warning: {checkpoint} not usable ({exc}); rebuilding the hard-label "
+              "memory from the champion's predictions", file=sys.stderr)  # fmt: skip
     if ref is not None and ref.val_rows:
         out = ref.outputs.take(ref.val_rows)
         memory = memory_from_predictions(
@@ -220,9 +225,10 @@ def _memory(
             ref.targets,
             ref.known,
             gamma=champion.gamma,
+            momentum=champion.memory_momentum,
         )
-        return memory, f"rebuilt from the champion on {len(ref.val_rows)} base val images"
-    return None, "none (uncertainty alone)"
+        return memory, f"rebuilt from the champion on {len(ref.val_rows)} base val images{why}"
+    return None, f"none (uncertainty alone){why}"
 
 
 def audit_version(

@@ -103,6 +103,12 @@ class Champion:
         loss = (self.meta.get("config") or {}).get("loss") or {}
         return float(loss.get("gamma", 1.2))
 
+    @property
+    def memory_momentum(self) -> float:
+        """The hard-label memory's EMA momentum the champion was trained with (0.5 default)."""
+        deact = (self.meta.get("config") or {}).get("deact") or {}
+        return float(deact.get("memory_momentum", 0.5))
+
 
 def load_champion(uri: str, device: str = "auto") -> Champion:
     """Load a champion ``model.pt`` (a local path or ``s3://`` URI).

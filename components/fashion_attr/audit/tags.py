@@ -146,11 +146,12 @@ def memory_from_predictions(
     known: np.ndarray,
     *,
     gamma: float,
+    momentum: float = 0.5,
     batch_size: int = 64,
 ) -> HardLabelMemory:
     """Rebuild the hard-label memory from the champion's predictions on labelled images.
 
-    The update training makes (EMA, momentum 0.5, of the node hardness
+    The update training makes (EMA with the champion's ``momentum``, of the node hardness
     ``|y - p| ** gamma`` per label and value, docs/method.md section 3 step 3), run over
     the images in batches of ``batch_size``, in order.
     """
@@ -160,7 +161,7 @@ def memory_from_predictions(
     memory = HardLabelMemory(
         n_attr,
         n_cat,
-        momentum=0.5,
+        momentum=momentum,
         present_attributes=present_a if n_attr else None,
         present_categories=present_c if n_cat else None,
     )
