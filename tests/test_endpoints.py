@@ -27,7 +27,6 @@ from fashion_attr.endpoints import (
     EndpointUnreachableError,
     check_http,
     check_mlflow,
-    check_s3,
     prepare_mlflow_client,
 )
 from fashion_attr.steps.contract import exit_code_for
@@ -184,14 +183,21 @@ def test_an_answering_server_passes_and_the_credentials_are_sent(
 
 
 def test_an_unreachable_s3_endpoint_is_a_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 check preflight runs (storage.check_access): one request, no retries."""
+    from fashion_attr import storage
+
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    exc, elapsed = _fails(check_s3, "s3://bucket/prefix")
-    assert isinstance(exc, EndpointUnreachableError) and "AWS_ENDPOINT_URL" in str(exc)
+    start = time.monotonic()
+    with pytest.raises(storage.StorageError) as info:
+        storage.check_access("s3://bucket/prefix", write=True)
+    exc, elapsed = info.value, time.monotonic() - start
+    assert "AWS_ENDPOINT_URL" in str(exc) and "s3://bucket/prefix" in str(exc)
+    assert exit_code_for(exc) == 3
     assert elapsed < BOUND_S
-    with pytest.raises(EndpointConfigError, match="not an s3:// URI"):
-        check_s3("/local/path")
+    with pytest.raises(FileNotFoundError, match="Fix: check the path"):
+        storage.check_access("/local/path/that/does/not/exist")
 
 
 def test_mlflow_client_defaults_leave_the_users_settings_alone() -> None:

@@ -1,4 +1,4 @@
-"""Is the endpoint there, and are we let in? MLflow, S3 and HTTP hosts, checked in seconds.
+"""Is the endpoint there, and are we let in? MLflow and HTTP hosts, checked in seconds.
 
 Every check is the same: a few short requests (``timeout_s`` each; a fault that may pass,
 such as a refused connection, a timeout or a 5xx answer, is tried ``attempts`` times with a
@@ -18,10 +18,11 @@ HTTP 401/403, ...) and the fix:
 and retries default to 120 s and 7 retries with backoff: over 4 minutes against a server
 that does not answer) and silences GitPython's "Bad git executable" warning, unless the
 user set those variables. The tracker and the registry call it before their first MLflow
-request, after :func:`check_mlflow`.
+request, after :func:`check_mlflow`. S3 is checked by :func:`fashion_attr.storage.check_access`
+(one request without retries; preflight writes a probe object).
 
-Floor 1: the standard library, :mod:`fashion_attr.credentials` and
-:mod:`fashion_attr.storage`; ``requests`` and ``botocore`` are imported when a check runs.
+Floor 1: the standard library and :mod:`fashion_attr.credentials`; ``requests`` is imported
+when a check runs.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ __all__ = [
     "EndpointUnreachableError",
     "check_http",
     "check_mlflow",
-    "check_s3",
     "prepare_mlflow_client",
 ]
 
@@ -401,79 +401,6 @@ def check_mlflow(uri: str | None = None, *, timeout_s: float = 5.0, attempts: in
             verify=verify,
         )
         _answer(response, label="MLflow", shown=shown, fix=_MLFLOW_FIX, auth_fix=_MLFLOW_AUTH_FIX)
-
-    _tries(attempt, attempts)
-
-
-def check_s3(uri: str, *, timeout_s: float = 5.0, attempts: int = 2) -> None:
-    """Check that the object store answers and the bucket of ``uri`` is there for us.
-
-    One ``HeadBucket`` per try, through :func:`fashion_attr.storage.s3_client` (the
-    endpoint from ``AWS_ENDPOINT_URL``/``MLFLOW_S3_ENDPOINT_URL``, boto3's credentials),
-    without botocore's own retries.
-
-    Raises:
-        EndpointConfigError: not an ``s3://`` URI, no credentials, refused credentials,
-            no such bucket.
-        EndpointUnreachableError: the endpoint could not be reached.
-    """
-    from fashion_attr import storage
-
-    if not storage.is_s3(uri):
-        raise EndpointConfigError(
-            f"{uri!r} is not an s3:// URI. Fix: write it as s3://bucket/prefix",
-            endpoint=str(uri),
-            what="bad URI",
-        )
-    endpoint = safe_uri(
-        os.environ.get("AWS_ENDPOINT_URL")
-        or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-        or "AWS S3 (no AWS_ENDPOINT_URL set)"
-    )
-    bucket = storage.split_s3(uri)[0]
-
-    def attempt() -> None:
-        try:
-            storage.s3_client(attempts=1, timeout_s=timeout_s).head_bucket(Bucket=bucket)
-        except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket"):
-                raise EndpointConfigError(
-                    f"{uri}: the bucket {bucket} does not exist on {endpoint}. Fix: create it "
-                    "or fix the bucket name in the URI",
-                    endpoint=endpoint,
-                    what="no such bucket",
-                ) from None
-            if code in ("401", "403", "Forbidden", "AccessDenied", "InvalidAccessKeyId"):
-                raise EndpointConfigError(
-                    f"{uri}: {endpoint} refused the credentials (HTTP 403 / {code}). Fix: "
-                    "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Kubernetes secret "
-                    "object-store-credentials) and that they may access this bucket",
-                    endpoint=endpoint,
-                    what=f"S3 {code}",
-                ) from None
-            if type(exc).__name__ == "NoCredentialsError":
-                raise EndpointConfigError(
-                    f"{uri}: no S3 credentials found. Fix: set AWS_ACCESS_KEY_ID and "
-                    "AWS_SECRET_ACCESS_KEY (Kubernetes secret object-store-credentials)",
-                    endpoint=endpoint,
-                    what="no credentials",
-                ) from None
-            if code and not code.startswith("5"):
-                raise EndpointConfigError(
-                    f"{uri}: {endpoint} answered {code}. Fix: check the URI and the bucket",
-                    endpoint=endpoint,
-                    what=f"S3 {code}",
-                ) from None
-            what, user = _classify(exc, endpoint, timeout_s) if not code else (f"S3 {code}", False)
-            kind = EndpointConfigError if user else EndpointUnreachableError
-            raise kind(
-                f"{uri}: cannot reach the S3 endpoint {endpoint}: {what}. Fix: check "
-                "AWS_ENDPOINT_URL (Kubernetes config map object-store-config) and that the "
-                "object store is up",
-                endpoint=endpoint,
-                what=what,
-            ) from None
 
     _tries(attempt, attempts)
 
