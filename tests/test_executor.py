@@ -230,3 +230,21 @@ def test_two_runs_on_the_same_inputs_never_share_a_writable_folder(
     # --no-resume trains afresh.
     execute("train_gan", _gan_cfg(), data="d", out=out, owner="next", resume=False)
     assert len(calls) == 2
+
+
+def test_a_fix_inside_a_stamped_folder_changes_the_attempt_fingerprint(tmp_path: Path) -> None:
+    """A folder input (a DeepFashion-C root, a batch folder) is stamped by its files: an
+    operator's fix of one file lets the retry run; an untouched folder keeps blocking it."""
+    from fashion_attr.orchestration.identity import attempt_fingerprint
+
+    root = tmp_path / "drop"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.jsonl").write_text("1\n")
+    (root / "sub" / "b.jsonl").write_text("2\n")
+    params = {"batch_uri": str(root)}
+    before = attempt_fingerprint(params, [str(root)])
+    assert attempt_fingerprint(params, [str(root)]) == before
+    (root / "sub" / "b.jsonl").write_text("2 fixed\n")
+    assert attempt_fingerprint(params, [str(root)]) != before
+    missing = attempt_fingerprint(params, [str(tmp_path / "gone")])
+    assert missing == attempt_fingerprint(params, [str(tmp_path / "gone")])

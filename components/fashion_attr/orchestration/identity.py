@@ -90,33 +90,26 @@ def training_key(**parts: Any) -> str:
 
 
 def _stamp(value: str) -> Any:
-    """Size and modification stamp of a file, or of a prefix's objects; None otherwise."""
-    if storage.is_s3(value):
-        from fashion_attr.data.fingerprints import fingerprint_tree
+    """Size and stamp of a file, or of a folder's or prefix's files; None if absent.
 
-        try:
-            if storage.exists(value):
-                bucket, key = storage.split_s3(value)
-                head = storage.s3_client().head_object(Bucket=bucket, Key=key)
-                return [int(head["ContentLength"]), str(head["ETag"])]
-            tree = fingerprint_tree(value)
-        except Exception as exc:  # an unreadable input: the attempt will say so itself
-            return f"unreadable: {type(exc).__name__}"
-        return sorted(tree.items())[:MAX_STAMPED]
-    if not os.path.exists(value):
+    A folder or prefix gives its first :data:`MAX_STAMPED` files by path.
+    """
+    from fashion_attr.data.fingerprints import fingerprint_tree
+
+    if not storage.is_s3(value) and not os.path.exists(value):
         return None
-    if os.path.isfile(value):
-        st = os.stat(value)
-        return [st.st_size, st.st_mtime_ns]
-    stamps = []
-    for root, _, files in os.walk(value):
-        for name in sorted(files):
-            st = os.stat(os.path.join(root, name))
-            stamps.append([os.path.relpath(os.path.join(root, name), value), st.st_size])
-            stamps[-1].append(st.st_mtime_ns)
-            if len(stamps) >= MAX_STAMPED:
-                return stamps
-    return sorted(stamps)
+    try:
+        if storage.is_s3(value) and storage.exists(value):
+            bucket, key = storage.split_s3(value)
+            head = storage.s3_client().head_object(Bucket=bucket, Key=key)
+            return [int(head["ContentLength"]), str(head["ETag"])]
+        if os.path.isfile(value):
+            st = os.stat(value)
+            return [st.st_size, st.st_mtime_ns]
+        tree = fingerprint_tree(value)
+    except Exception as exc:  # an unreadable input: the attempt will say so itself
+        return f"unreadable: {type(exc).__name__}"
+    return sorted(tree.items())[:MAX_STAMPED]
 
 
 def attempt_fingerprint(inputs: Mapping[str, Any], stamped: Sequence[str] = ()) -> str:
